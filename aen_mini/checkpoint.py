@@ -1,0 +1,110 @@
+"""Checkpoints: one safetensors file holding the SAE (weights and running buffers), the Adam state, and a JSON
+header with the SAE config and the trainer's state (step, data position, history). Written atomically and
+checksummed, so a truncated, corrupted or foreign file is refused with a message naming it."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+
+from aen_mini.atomic import atomic_save_safetensors
+from aen_mini.sae import SAE, sae_from_config
+
+FORMAT = "aen-mini-checkpoint/1"
+
+
+@dataclass
+class Checkpoint:
+    sae: SAE
+    optimizer_state: dict[str, Any] | None
+    train_state: dict[str, Any]
+    path: Path
+
+
+def _digest(tensors: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().contiguous().cpu().reshape(-1)
+        h.update(name.encode())
+        h.update(t.view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
+    state = optimizer.state_dict()
+    tensors = {f"optim.{idx}.{key}": value if torch.is_tensor(value) else torch.tensor(value)
+               for idx, per_param in state["state"].items() for key, value in per_param.items()}
+    return tensors, state["param_groups"]
+
+
+def save_checkpoint(path: str | os.PathLike, sae: SAE, optimizer: torch.optim.Optimizer | None = None,
+                    train_state: dict[str, Any] | None = None) -> Path:
+    """Write the checkpoint atomically. Refuses weights that hold NaN or inf."""
+    tensors = {f"sae.{k}": v for k, v in sae.state_dict().items()}
+    for name, value in tensors.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise ValueError(f"refusing to write checkpoint {path}: {name} holds NaN or inf")
+    groups = None
+    if optimizer is not None:
+        optim_tensors, groups = _optimizer_tensors(optimizer)
+        tensors.update(optim_tensors)
+    metadata = {
+        "format": FORMAT,
+        "sae_config": json.dumps(sae.config()),
+        "optimizer_param_groups": json.dumps(groups),
+        "train_state": json.dumps(train_state or {}),
+        "sha256": _digest(tensors),
+    }
+    return atomic_save_safetensors(tensors, path, metadata)
+
+
+def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> Checkpoint:
+    """Read a checkpoint; raises FileNotFoundError or ValueError naming the file and the problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            metadata = f.metadata() or {}
+            tensors = {name: f.get_tensor(name) for name in f.keys()}
+    except Exception as err:  # safetensors raises its own error types for every kind of damage
+        raise ValueError(f"checkpoint {path} is truncated or not a safetensors file ({err})") from None
+    if metadata.get("format") != FORMAT:
+        raise ValueError(f"checkpoint {path} is not an aen-mini checkpoint (format {metadata.get('format')!r}, expected {FORMAT!r})")
+    if _digest(tensors) != metadata.get("sha256"):
+        raise ValueError(f"checkpoint {path} is corrupt: its tensors do not match the stored checksum")
+    sae = sae_from_config(json.loads(metadata["sae_config"]))
+    sae_state = {k[len("sae."):]: v for k, v in tensors.items() if k.startswith("sae.")}
+    load_sae_state(sae, sae_state, source=str(path))
+    groups = json.loads(metadata.get("optimizer_param_groups", "null"))
+    optimizer_state = None
+    if groups is not None:
+        per_param: dict[int, dict[str, torch.Tensor]] = {}
+        for name, value in tensors.items():
+            if name.startswith("optim."):
+                _, idx, key = name.split(".", 2)
+                per_param.setdefault(int(idx), {})[key] = value.to(device)
+        optimizer_state = {"state": per_param, "param_groups": groups}
+    return Checkpoint(sae.to(device), optimizer_state, json.loads(metadata.get("train_state", "{}")), path)
+
+
+def load_sae_state(sae: SAE, state: dict[str, torch.Tensor], source: str = "state") -> None:
+    """Load weights into ``sae``, naming every tensor whose shape does not match."""
+    own = sae.state_dict()
+    missing = sorted(set(own) - set(state))
+    extra = sorted(set(state) - set(own))
+    wrong = [f"{k}: {tuple(state[k].shape)} vs SAE {tuple(own[k].shape)}" for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or extra or wrong:
+        raise ValueError(f"{source} does not fit this {sae.variant} SAE (d_in={sae.d_in}, d_sae={sae.d_sae}): "
+                         f"missing {missing}, unexpected {extra}, wrong shapes {wrong}")
+    sae.load_state_dict(state)
+
+
+def load_sae(path: str | os.PathLike, device: str | torch.device = "cpu") -> SAE:
+    return load_checkpoint(path, device).sae

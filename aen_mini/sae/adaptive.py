@@ -1,0 +1,99 @@
+"""Adaptive reweighting of the L1 penalty, shared by the adaptive lasso and the AEN-SAE.
+
+Latents that fire strongly on average get a small L1 weight (less shrinkage); rarely active ones get a large
+weight (spurious features suppressed):
+
+    a_j   <- beta * a_j + (1 - beta) * batch_mean |h_j|          (EMA, detached, a_j = 1 at start)
+    ref    = mean of the top ref_pct of a
+    w_j    = clip((ref / max(a_j, 1e-5)) ** gamma, 0.01, 10)
+    w~_j   = 1 + (w_j - 1) * r(t),  r = 0 before warmup_start, then linear to 1 over warmup_steps.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from aen_mini.sae.base import SAE
+from aen_mini.validate import check_in_range, check_nonnegative, check_nonnegative_int
+
+W_MIN, W_MAX, A_FLOOR = 0.01, 10.0, 1e-5
+
+
+class AdaptiveL1Weights(nn.Module):
+    """The running statistics and the rule above; its state (EMA, step) is saved with the SAE."""
+
+    def __init__(self, d_sae: int, gamma: float, ema_beta: float, ref_pct: float, warmup_start: int, warmup_steps: int) -> None:
+        super().__init__()
+        self.gamma = check_nonnegative("gamma", gamma)
+        self.ema_beta = check_in_range("ema_beta", ema_beta, 0.0, 1.0, high_open=True)
+        self.ref_pct = check_in_range("ref_pct", ref_pct, 0.0, 1.0, low_open=True)
+        self.warmup_start = check_nonnegative_int("warmup_start", warmup_start)
+        self.warmup_steps = check_nonnegative_int("warmup_steps", warmup_steps)
+        self.n_ref = max(1, math.ceil(ref_pct * d_sae))
+        self.register_buffer("ema", torch.ones(d_sae))
+        self.register_buffer("step", torch.zeros((), dtype=torch.long))
+
+    def ramp(self) -> torch.Tensor:
+        """r(t) as a tensor (no host sync)."""
+        t = (self.step - self.warmup_start).float()
+        if self.warmup_steps == 0:
+            return (t >= 0).float()
+        return (t / self.warmup_steps).clamp(0.0, 1.0)
+
+    def weights(self) -> torch.Tensor:
+        """The effective per-latent weights w~ (detached)."""
+        ref = self.ema.topk(self.n_ref).values.mean()
+        w = (ref / self.ema.clamp_min(A_FLOOR)).pow(self.gamma).clamp(W_MIN, W_MAX)
+        return 1.0 + (w - 1.0) * self.ramp()
+
+    @torch.no_grad()
+    def update(self, h: torch.Tensor) -> None:
+        self.ema.lerp_(h.abs().mean(dim=0).to(self.ema.dtype), 1.0 - self.ema_beta)
+        self.step.add_(1)
+
+
+class AdaptiveLasso(SAE):
+    """loss = mean ||x - x_hat||^2 + l1 * mean sum_j w~_j |h_j|."""
+
+    variant = "adaptive_lasso"
+
+    def __init__(self, d_in: int, d_sae: int, l1_coeff: float = 1e-3, gamma: float = 1.0, ema_beta: float = 0.999,
+                 ref_pct: float = 0.01, warmup_start: int = 0, warmup_steps: int = 0, *,
+                 dead_after_tokens: int = 1_000_000, seed: int = 0) -> None:
+        super().__init__(d_in, d_sae, dead_after_tokens=dead_after_tokens, seed=seed)
+        self.l1_coeff = check_nonnegative("l1_coeff", l1_coeff)
+        self.reweighting = AdaptiveL1Weights(d_sae, gamma, ema_beta, ref_pct, warmup_start, warmup_steps)
+
+    # hyperparameters live on the reweighting module; expose them for config()
+    gamma = property(lambda self: self.reweighting.gamma)
+    ema_beta = property(lambda self: self.reweighting.ema_beta)
+    ref_pct = property(lambda self: self.reweighting.ref_pct)
+    warmup_start = property(lambda self: self.reweighting.warmup_start)
+    warmup_steps = property(lambda self: self.reweighting.warmup_steps)
+
+    def l1_weights(self) -> torch.Tensor:
+        return self.reweighting.weights()
+
+    def penalties(self, h, pre, x, x_hat):
+        return {"l1": self.l1_coeff * (h.abs() * self.l1_weights()).sum(-1).mean()}
+
+    def update_state(self, h: torch.Tensor) -> None:
+        self.reweighting.update(h)
+
+
+class AEN(AdaptiveLasso):
+    """Adaptive Elastic Net: loss = mean ||x - x_hat||^2 + l1 * mean sum_j w~_j |h_j| + l2 * mean sum_j h_j^2."""
+
+    variant = "aen"
+
+    def __init__(self, d_in: int, d_sae: int, l1_coeff: float = 1e-3, l2_coeff: float = 1e-3, gamma: float = 1.0,
+                 ema_beta: float = 0.999, ref_pct: float = 0.01, warmup_start: int = 0, warmup_steps: int = 0, *,
+                 dead_after_tokens: int = 1_000_000, seed: int = 0) -> None:
+        super().__init__(d_in, d_sae, l1_coeff, gamma, ema_beta, ref_pct, warmup_start, warmup_steps,
+                         dead_after_tokens=dead_after_tokens, seed=seed)
+        self.l2_coeff = check_nonnegative("l2_coeff", l2_coeff)
+
+    def penalties(self, h, pre, x, x_hat):
+        return {**super().penalties(h, pre, x, x_hat), "l2": self.l2_coeff * h.pow(2).sum(-1).mean()}

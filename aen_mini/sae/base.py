@@ -1,0 +1,103 @@
+"""The SAE base class: encoder, decoder, the reconstruction term, and the bookkeeping every variant shares.
+
+A variant only says how codes are made from pre-activations (`activation`) and which penalties it adds
+(`penalties`); the loss is always ``mse + sum(penalties)``.
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from aen_mini.validate import check_activations, check_positive_int
+
+
+class SAE(nn.Module):
+    """h = activation(W_enc (x - b_dec) + b_enc),  x_hat = W_dec h + b_dec, with unit-norm decoder columns."""
+
+    variant: ClassVar[str] = ""
+    l1_coeff: float = 0.0
+    l2_coeff: float = 0.0
+
+    def __init__(self, d_in: int, d_sae: int, *, dead_after_tokens: int = 1_000_000, seed: int = 0) -> None:
+        super().__init__()
+        self.d_in = check_positive_int("d_in", d_in)
+        self.d_sae = check_positive_int("d_sae", d_sae)
+        self.dead_after_tokens = check_positive_int("dead_after_tokens", dead_after_tokens)
+        self.seed = seed
+        g = torch.Generator().manual_seed(seed)
+        atoms = torch.randn(d_in, d_sae, generator=g)
+        atoms /= atoms.norm(dim=0, keepdim=True)
+        self.W_dec = nn.Parameter(atoms)  # columns are the dictionary atoms
+        self.W_enc = nn.Parameter(atoms.T.clone())  # encoder starts as the decoder's transpose
+        self.b_enc = nn.Parameter(torch.zeros(d_sae))
+        self.b_dec = nn.Parameter(torch.zeros(d_in))
+        # Tokens seen since each latent last fired: the one dead-latent counter that the trainer,
+        # resampling and AuxK all read.
+        self.register_buffer("tokens_since_fired", torch.zeros(d_sae, dtype=torch.long))
+        self._last_codes: torch.Tensor | None = None
+
+    # --- the map -----------------------------------------------------------------------------------
+    def pre_activation(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.b_dec) @ self.W_enc.T + self.b_enc
+
+    def activation(self, pre: torch.Tensor) -> torch.Tensor:
+        return torch.relu(pre)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.activation(self.pre_activation(x))
+
+    def decode(self, h: torch.Tensor) -> torch.Tensor:
+        return h @ self.W_dec.T + self.b_dec
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.encode(x)
+        return self.decode(h), h
+
+    # --- the objective -----------------------------------------------------------------------------
+    def penalties(self, h: torch.Tensor, pre: torch.Tensor, x: torch.Tensor, x_hat: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The variant's terms, each already multiplied by its coefficient."""
+        return {}
+
+    def loss(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Named loss terms for a batch; ``"loss"`` is their sum, the quantity that is minimised."""
+        check_activations(x, self.d_in, check_finite=False)
+        pre = self.pre_activation(x)
+        h = self.activation(pre)
+        x_hat = self.decode(h)
+        terms = {"mse": (x - x_hat).pow(2).sum(-1).mean()}
+        terms.update(self.penalties(h, pre, x, x_hat))
+        terms["loss"] = torch.stack(list(terms.values())).sum()
+        self._last_codes = h.detach()
+        return terms
+
+    # --- after each optimiser step -----------------------------------------------------------------
+    @torch.no_grad()
+    def after_step(self) -> None:
+        """Renormalise decoder columns, count firing, update the variant's running state."""
+        self.W_dec.div_(self.W_dec.norm(dim=0, keepdim=True).clamp_min(1e-12))
+        h = self._last_codes
+        if h is None:
+            return
+        fired = (h > 0).any(dim=0)
+        # (count + batch) where the latent stayed silent, 0 where it fired; no host sync.
+        self.tokens_since_fired.add_(h.shape[0]).mul_(~fired)
+        self.update_state(h)
+
+    def update_state(self, h: torch.Tensor) -> None:
+        """Variant hook: running statistics updated from the last batch's codes (default: none)."""
+
+    def dead_mask(self) -> torch.Tensor:
+        """Latents that have not fired for ``dead_after_tokens`` tokens."""
+        return self.tokens_since_fired >= self.dead_after_tokens
+
+    # --- configuration -----------------------------------------------------------------------------
+    def config(self) -> dict[str, Any]:
+        """JSON-serialisable constructor arguments (every argument is stored under its own name)."""
+        names = [p for p in inspect.signature(type(self).__init__).parameters if p != "self"]
+        return {"variant": self.variant, **{name: getattr(self, name) for name in names}}
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in self.config().items() if k != "variant")

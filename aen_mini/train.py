@@ -1,0 +1,176 @@
+"""One trainer for every SAE variant: Adam, gradient clipping, lr warm-up and decay, dead-latent tracking,
+optional resampling, progress with tokens/s, checkpoints and exact resume.
+
+Variants differ only through their own ``loss`` and ``after_step``: nothing here branches on the variant.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from aen_mini.checkpoint import load_checkpoint, save_checkpoint
+from aen_mini.data.source import ActivationSource
+from aen_mini.resample import resample_dead_latents
+from aen_mini.sae import SAE
+from aen_mini.validate import (check_activations, check_choice, check_in_range, check_nonnegative,
+                               check_nonnegative_int, check_positive_int)
+
+
+class NonFiniteLossError(ValueError):
+    """The loss became NaN or inf; training stopped before writing the weights."""
+
+
+@dataclass
+class TrainConfig:
+    steps: int
+    batch_size: int = 4096
+    lr: float = 1e-3
+    lr_warmup_steps: int = 0
+    lr_decay_start: float = 1.0  # fraction of training after which lr decays linearly to 0 (1.0: no decay)
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float = 1.0  # max gradient norm; 0 disables clipping
+    seed: int = 0
+    device: str = "cpu"
+    precision: str = "fp32"  # "bf16": autocast matmuls to bfloat16, weights and optimiser stay fp32
+    compile: bool = False  # torch.compile the loss (CUDA)
+    init_b_dec: bool = True  # b_dec <- mean of the first batch, so the SAE starts centred on the data
+    resample_every: int = 0  # steps between dead-latent resamplings; 0: never
+    log_every: int = 100
+    checkpoint_every: int = 0
+    checkpoint_path: str | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        check_positive_int("steps", self.steps)
+        check_positive_int("batch_size", self.batch_size)
+        check_in_range("lr", self.lr, 0.0, 1.0, low_open=True)
+        check_nonnegative_int("lr_warmup_steps", self.lr_warmup_steps)
+        check_in_range("lr_decay_start", self.lr_decay_start, 0.0, 1.0)
+        self.adam_betas = tuple(check_in_range("adam_betas", b, 0.0, 1.0, high_open=True) for b in self.adam_betas)
+        check_nonnegative("grad_clip", self.grad_clip)
+        check_choice("precision", self.precision, ["fp32", "bf16"])
+        check_nonnegative_int("resample_every", self.resample_every)
+        check_positive_int("log_every", self.log_every)
+        check_nonnegative_int("checkpoint_every", self.checkpoint_every)
+        if self.checkpoint_every and not self.checkpoint_path:
+            raise ValueError("checkpoint_every is set but checkpoint_path is not")
+
+    def lr_at(self, step: int) -> float:
+        """Linear warm-up, constant, then linear decay to 0 over the last (1 - lr_decay_start) of training."""
+        scale = min(1.0, (step + 1) / self.lr_warmup_steps) if self.lr_warmup_steps else 1.0
+        decay_from = int(self.lr_decay_start * self.steps)
+        if step >= decay_from and decay_from < self.steps:
+            scale *= (self.steps - step) / (self.steps - decay_from)
+        return self.lr * scale
+
+
+@dataclass
+class TrainResult:
+    sae: SAE
+    history: list[dict[str, float]] = field(default_factory=list)
+    wall_s: float = 0.0
+
+
+def _train_state(step: int, source: ActivationSource, history: list[dict[str, float]], cfg: TrainConfig) -> dict[str, Any]:
+    return {"step": step, "source": source.state_dict(), "history": history, "train_config": asdict(cfg)}
+
+
+def train(sae: SAE, source: ActivationSource, cfg: TrainConfig, *,
+          callback: Callable[[int, dict[str, float], SAE], None] | None = None,
+          resume: str | Path | None = None) -> TrainResult:
+    """Train ``sae`` on batches from ``source``; resume from a checkpoint file if ``resume`` is given."""
+    if source.d_in != sae.d_in:
+        raise ValueError(f"source yields d_in={source.d_in} but the SAE expects d_in={sae.d_in}")
+    device = torch.device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    sae.to(device).train()
+    optimizer = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=cfg.adam_betas)
+    start, history = 0, []
+    if resume is not None:
+        ckpt = load_checkpoint(resume, device)
+        if ckpt.sae.config() != sae.config():
+            raise ValueError(f"checkpoint {resume} holds a different SAE: {ckpt.sae.config()} vs {sae.config()}")
+        sae.load_state_dict(ckpt.sae.state_dict())
+        if ckpt.optimizer_state is not None:
+            optimizer.load_state_dict(ckpt.optimizer_state)
+        start, history = ckpt.train_state["step"], ckpt.train_state["history"]
+        source.load_state_dict(ckpt.train_state["source"])
+
+    loss_fn = torch.compile(sae.loss) if cfg.compile else sae.loss
+    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if cfg.precision == "bf16"
+                else contextlib.nullcontext())
+    # On the CPU a per-step finiteness check is free; on a GPU it would stall the pipeline every step.
+    check_every = 1 if device.type == "cpu" else cfg.log_every
+    pending: list[torch.Tensor] = []
+    t0, tokens_at_t0 = time.perf_counter(), start * cfg.batch_size
+    bar = tqdm(total=cfg.steps, initial=start, disable=not cfg.progress, unit="step", dynamic_ncols=True)
+    for step in range(start, cfg.steps):
+        x = source.next_batch(cfg.batch_size)
+        if step == start:
+            check_activations(x, sae.d_in, name="first training batch")
+        x = x.to(device, non_blocking=True)
+        if step == 0 and cfg.init_b_dec:
+            with torch.no_grad():
+                sae.b_dec.copy_(x.float().mean(0))
+        for group in optimizer.param_groups:
+            group["lr"] = cfg.lr_at(step)
+        with autocast:
+            terms = loss_fn(x)
+        pending.append(terms["loss"].detach())
+        if (step + 1) % check_every == 0 or step + 1 == cfg.steps:
+            _raise_if_nonfinite(pending, step)
+        optimizer.zero_grad(set_to_none=True)
+        terms["loss"].backward()
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(sae.parameters(), cfg.grad_clip)
+        optimizer.step()
+        sae.after_step()
+        if cfg.resample_every and (step + 1) % cfg.resample_every == 0:
+            resample_dead_latents(sae, x, optimizer, seed=cfg.seed * 1_000_003 + step)
+
+        done = step + 1
+        if done % cfg.log_every == 0 or done == cfg.steps:
+            _raise_if_nonfinite(pending, step)
+            elapsed = time.perf_counter() - t0
+            record = _log_record(sae, terms, done, cfg, (done * cfg.batch_size - tokens_at_t0) / max(elapsed, 1e-9))
+            history.append(record)
+            bar.set_postfix(loss=f"{record['loss']:.4g}", l0=f"{record['l0']:.1f}",
+                            dead=f"{record['dead_pct']:.1f}%", tok_s=f"{record['tokens_per_s']:.3g}")
+            if callback is not None:
+                callback(done, record, sae)
+        if cfg.checkpoint_every and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
+            save_checkpoint(cfg.checkpoint_path, sae, optimizer, _train_state(done, source, history, cfg))
+        bar.update(1)
+    bar.close()
+    return TrainResult(sae, history, time.perf_counter() - t0)
+
+
+def _raise_if_nonfinite(pending: list[torch.Tensor], step: int) -> None:
+    if not pending:
+        return
+    finite = torch.isfinite(torch.stack(pending)).tolist()  # one host sync for the whole window
+    first_step = step - len(pending) + 1
+    pending.clear()
+    if not all(finite):
+        bad = first_step + finite.index(False)
+        raise NonFiniteLossError(f"loss became NaN or inf at step {bad}; training stopped before the weights were "
+                                 "updated with it (lower the learning rate or check the activations)")
+
+
+def _log_record(sae: SAE, terms: dict[str, torch.Tensor], step: int, cfg: TrainConfig, tokens_per_s: float) -> dict[str, float]:
+    h = sae._last_codes
+    stats = torch.stack([*(v.detach().float() for v in terms.values()),
+                         (h > 0).float().sum(-1).mean(), sae.dead_mask().float().mean() * 100]).tolist()
+    record = dict(zip([*terms.keys(), "l0", "dead_pct"], stats))
+    record.update(step=step, tokens=step * cfg.batch_size, lr=cfg.lr_at(step - 1), tokens_per_s=tokens_per_s)
+    return record
+
+
+__all__ = ["TrainConfig", "TrainResult", "NonFiniteLossError", "train"]

@@ -1,0 +1,60 @@
+"""Boundary checks shared by every public entry point: a clear error naming the problem, early."""
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable
+
+import torch
+
+
+def check_activations(x: Any, d_in: int | None = None, name: str = "x", check_finite: bool = True) -> torch.Tensor:
+    """Return ``x`` if it is a finite floating (batch, d_in) tensor, else raise naming what is wrong."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape (batch, d_in), got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must have a floating dtype (float32, bfloat16, ...), got {x.dtype}")
+    if x.ndim != 2:
+        raise ValueError(f"{name} must be 2-D (batch, d_in), got shape {tuple(x.shape)}")
+    if x.shape[0] == 0:
+        raise ValueError(f"{name} is an empty batch (shape {tuple(x.shape)})")
+    if d_in is not None and x.shape[1] != d_in:
+        raise ValueError(f"{name} has {x.shape[1]} features per row but the SAE expects d_in={d_in}")
+    if check_finite and not bool(torch.isfinite(x).all()):
+        bad = (~torch.isfinite(x)).any(dim=1).nonzero()[0, 0].item()
+        raise ValueError(f"{name} contains NaN or inf (first at row {bad})")
+    return x
+
+
+def check_positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+def check_nonnegative_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+    return value
+
+
+def check_nonnegative(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+def check_in_range(name: str, value: Any, low: float, high: float, *, low_open: bool = False, high_open: bool = False) -> float:
+    ok_type = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    above = ok_type and (value > low if low_open else value >= low)
+    below = ok_type and (value < high if high_open else value <= high)
+    if not (above and below):
+        lo, hi = ("(" if low_open else "["), (")" if high_open else "]")
+        raise ValueError(f"{name} must be a number in {lo}{low}, {high}{hi}, got {value!r}")
+    return float(value)
+
+
+def check_choice(name: str, value: Any, allowed: Iterable[str]) -> str:
+    allowed = list(allowed)
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+    return value
