@@ -38,11 +38,11 @@ class TopK(SAE):
     def penalties(self, h, pre, x, x_hat):
         if self.aux_coeff == 0:
             return {}
-        dead_pre = pre.masked_fill(~self.dead_mask(), float("-inf"))
-        h_aux = keep_top(dead_pre, min(self.aux_k, self.d_sae))
+        dead = self.dead_mask()
+        h_aux = keep_top(pre.masked_fill(~dead, float("-inf")), min(self.aux_k, self.d_sae))
         residual = (x - x_hat).detach()
         aux = (residual - h_aux @ self.W_dec.T).pow(2).sum(-1).mean()
-        return {"aux": self.aux_coeff * aux}
+        return {"aux": self.aux_coeff * aux * dead.any()}  # a constant ||e||^2 otherwise: report 0
 
 
 class BatchTopK(TopK):
