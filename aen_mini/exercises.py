@@ -1,0 +1,316 @@
+"""Exercises with checkers: a student writes a function, a checker runs it against the package's reference.
+
+API (one line per exercise in a notebook)::
+
+    from aen_mini.exercises import check
+    check("elastic_net_prox", my_prox)      # -> Feedback: "correct: ..." or what is wrong, on which input
+
+Each checker takes the student's callable, runs it on several fixed inputs, compares with the reference
+implementation in `aen_mini` (the solutions are the package's own functions) and returns a `Feedback`: a
+`str` that reads "correct ..." or names the first failing input with what was returned and what was
+expected, plus a hint for the usual mistakes. `Feedback.passed` is the verdict. A wrong answer, a function
+that raises, or one that returns the wrong shape never raises here (this is a teaching tool); only an
+unusable answer (not callable) raises TypeError, and an unknown exercise name ValueError.
+
+Adding an exercise: write ``@exercise("name")`` above a function ``check_name(fn) -> Feedback`` that
+returns ``_run_cases(...)`` or a `Feedback` of its own; `EXERCISES` and `check` pick it up.
+
+Exercises so far (chapter: name -> student signature):
+    1: relu_sae_forward(x, W_enc, b_enc, W_dec, b_dec) -> (x_hat, h)
+    1: sae_loss(x, x_hat, h, l1_coeff) -> scalar loss
+    2: elastic_net_prox(z, l1, l2) -> h, elementwise argmin_{h>=0} 1/2 (h - z)^2 + l1 h + l2 h^2
+    2: lipschitz_bound(D, l2) -> float
+    2: adaptive_weights(a, gamma, ref_pct) -> w
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from aen_mini.sae import make_sae
+from aen_mini.sae.adaptive import AdaptiveL1Weights
+from aen_mini.solve import lipschitz_bound, solve_sparse_codes
+
+__all__ = ["EXERCISES", "Feedback", "check", "exercise"]
+
+
+class Feedback(str):
+    """A checker's message (shown as plain text in a notebook); `passed` is True when the answer is right."""
+
+    passed: bool
+
+    def __new__(cls, message: str, passed: bool) -> "Feedback":
+        feedback = super().__new__(cls, message)
+        feedback.passed = passed
+        return feedback
+
+    def __repr__(self) -> str:
+        return str(self)
+
+
+Checker = Callable[[Callable[..., Any]], Feedback]
+EXERCISES: dict[str, Checker] = {}
+
+
+def exercise(name: str) -> Callable[[Checker], Checker]:
+    """Register a checker under `name` (used as a decorator)."""
+
+    def register(checker: Checker) -> Checker:
+        if name in EXERCISES:
+            raise ValueError(f"exercise {name!r} is registered twice")
+        EXERCISES[name] = checker
+        return checker
+
+    return register
+
+
+def check(name: str, answer: Callable[..., Any]) -> Feedback:
+    """Run the checker of exercise `name` on the student's function `answer`."""
+    if name not in EXERCISES:
+        raise ValueError(f"unknown exercise {name!r}; choose one of {sorted(EXERCISES)}")
+    return EXERCISES[name](answer)
+
+
+# --- shared machinery -------------------------------------------------------------------------------------
+def _as_float64(value: Any) -> Tensor | None:
+    """The student's output as a float64 tensor, or None when it is not numeric."""
+    try:
+        if isinstance(value, Tensor):
+            return value.detach().double().cpu()
+        return torch.as_tensor(value, dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError):
+        return None
+
+
+def _close(got: Tensor, expected: Tensor) -> bool:
+    both_inf = torch.isinf(got) & torch.isinf(expected) & (got.sign() == expected.sign())
+    return bool((both_inf | torch.isclose(got, expected, rtol=1e-4, atol=1e-5)).all())
+
+
+def _mismatch(what: str, got_raw: Any, expected: Tensor) -> str | None:
+    """Why `got_raw` is not `expected` (shape, type or first differing entry), or None when they agree."""
+    got = _as_float64(got_raw)
+    if got is None:
+        return f"{what} is a {type(got_raw).__name__}, not numbers"
+    if got.shape != expected.shape:
+        return f"{what} has shape {tuple(got.shape)}, expected {tuple(expected.shape)}"
+    if _close(got, expected):
+        return None
+    if got.ndim == 0:
+        return f"{what} is {got.item():.6g}, expected {expected.item():.6g}"
+    bad = (~torch.isclose(got, expected, rtol=1e-4, atol=1e-5)).nonzero()[0]
+    index = tuple(bad.tolist())
+    return f"{what}{list(index)} is {got[index].item():.6g}, expected {expected[index].item():.6g}"
+
+
+def _call(fn: Callable[..., Any], args: Sequence[Any]) -> tuple[Any, str | None]:
+    """fn(*args) on copies of the inputs (a student's in-place edit must not change the next case)."""
+    copies = [a.clone() if isinstance(a, Tensor) else a for a in args]
+    try:
+        return fn(*copies), None
+    except Exception as error:  # a student's bug is feedback, not a crash of the checker
+        return None, f"your function raised {type(error).__name__}: {error}"
+
+
+def _require_callable(answer: Any) -> None:
+    if not callable(answer):
+        raise TypeError(f"pass your function itself (e.g. check(name, my_function)), not a {type(answer).__name__}")
+
+
+def _run_cases(
+    fn: Callable[..., Any],
+    cases: Sequence[tuple[str, tuple[Any, ...], Any]],
+    compare: Callable[[Any, Any], str | None],
+    hint: Callable[[tuple[Any, ...], Any], str | None] = lambda args, got: None,
+) -> Feedback:
+    """Run `fn` on each (description, args, expected); the first failure names its input and a hint."""
+    _require_callable(fn)
+    for description, args, expected in cases:
+        got, error = _call(fn, args)
+        if error is None and got is None:
+            error = "your function returned None (missing `return`?)"
+        problem = error or compare(got, expected)
+        if problem is not None:
+            extra = None if error else hint(args, got)
+            return Feedback(f"not yet: for {description}: {problem}." + (f"\nHint: {extra}" if extra else ""), False)
+    return Feedback(f"correct: your function agrees with the reference on all {len(cases)} test inputs.", True)
+
+
+def _matches(got: Any, candidate: Tensor) -> bool:
+    """Whether the student's output equals a known wrong answer (to name the mistake)."""
+    got = _as_float64(got)
+    return got is not None and got.shape == candidate.shape and _close(got, candidate)
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+# --- chapter 1 ---------------------------------------------------------------------------------------------
+def _sae_params(seed: int, d_in: int, d_sae: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    g = _gen(seed)
+    W_dec = torch.nn.functional.normalize(torch.randn(d_in, d_sae, generator=g), dim=0)
+    W_enc = torch.randn(d_sae, d_in, generator=g) / d_in**0.5
+    return W_enc, 0.3 * torch.randn(d_sae, generator=g), W_dec, torch.randn(d_in, generator=g)
+
+
+def _reference_sae(W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, b_dec: Tensor, l1_coeff: float = 0.0):
+    sae = make_sae("relu_l1", W_dec.shape[0], W_dec.shape[1], l1_coeff=l1_coeff)
+    with torch.no_grad():
+        for name, value in zip(("W_enc", "b_enc", "W_dec", "b_dec"), (W_enc, b_enc, W_dec, b_dec)):
+            getattr(sae, name).copy_(value)
+    return sae
+
+
+@exercise("relu_sae_forward")
+def check_relu_sae_forward(fn: Callable[..., Any]) -> Feedback:
+    """fn(x, W_enc (d_sae, d_in), b_enc, W_dec (d_in, d_sae), b_dec) -> (x_hat, h): the ReLU SAE's forward."""
+    cases = []
+    for seed, (batch, d_in, d_sae) in enumerate([(4, 3, 5), (6, 4, 8), (1, 2, 7)]):
+        params = _sae_params(seed, d_in, d_sae)
+        x = torch.randn(batch, d_in, generator=_gen(100 + seed))
+        with torch.no_grad():
+            x_hat, h = _reference_sae(*params)(x)
+        cases.append((f"test input {seed} (x of shape {tuple(x.shape)}, d_sae={d_sae})", (x, *params), (x_hat, h)))
+
+    def compare(got: Any, expected: tuple[Tensor, Tensor]) -> str | None:
+        if not isinstance(got, (tuple, list)) or len(got) != 2:
+            return "your function must return the pair (x_hat, h)"
+        return _mismatch("h", got[1], expected[1]) or _mismatch("x_hat", got[0], expected[0])
+
+    def hint(args: tuple[Any, ...], got: Any) -> str | None:
+        x, W_enc, b_enc, W_dec, b_dec = args
+        h = _as_float64(got[1])
+        if h is not None and (h < 0).any():
+            return "h has negative entries: the codes pass through a ReLU."
+        if _matches(got[1], torch.relu(x @ W_enc.T + b_enc).double()):
+            return "subtract the decoder bias from x before encoding: W_enc (x - b_dec) + b_enc."
+        if _matches(got[0], (_as_float64(got[1]) @ W_dec.T.double()) if h is not None else torch.empty(0)):
+            return "the reconstruction adds the decoder bias back: x_hat = W_dec h + b_dec."
+        return None
+
+    return _run_cases(fn, cases, compare, hint)
+
+
+@exercise("sae_loss")
+def check_sae_loss(fn: Callable[..., Any]) -> Feedback:
+    """fn(x, x_hat, h, l1_coeff) -> scalar: mean_b ||x - x_hat||^2 + l1_coeff * mean_b sum_j |h_j|."""
+    cases = []
+    for seed, (batch, d_in, d_sae, l1_coeff) in enumerate([(5, 3, 6, 0.1), (8, 4, 4, 0.0), (3, 2, 9, 2.5)]):
+        params = _sae_params(10 + seed, d_in, d_sae)
+        sae = _reference_sae(*params, l1_coeff=l1_coeff)
+        x = torch.randn(batch, d_in, generator=_gen(200 + seed))
+        with torch.no_grad():
+            x_hat, h = sae(x)
+            loss = sae.loss(x)["loss"].double()
+        cases.append((f"test input {seed} (batch of {batch}, d_in={d_in}, l1_coeff={l1_coeff})",
+                      (x, x_hat, h, l1_coeff), loss))
+
+    def hint(args: tuple[Any, ...], got: Any) -> str | None:
+        x, x_hat, h, l1_coeff = args
+        sq, l1 = (x - x_hat).double().pow(2), h.double().abs()
+        batch, d_in = x.shape
+        known = {
+            "the loss is a mean over the batch, not a sum.": sq.sum() + l1_coeff * l1.sum(),
+            "sum the squared error over features (then average over the batch), as the SAE loss does.":
+                sq.mean() + l1_coeff * l1.sum(-1).mean(),
+            "the squared error is not square-rooted: it is ||x - x_hat||^2, not ||x - x_hat||.":
+                sq.sum(-1).sqrt().mean() + l1_coeff * l1.sum(-1).mean(),
+            "the l1 term sums |h_j| over latents before averaging over the batch.":
+                sq.sum(-1).mean() + l1_coeff * l1.mean(),
+        }
+        return next((message for message, value in known.items() if _matches(got, value)), None)
+
+    return _run_cases(fn, cases, lambda got, exp: _mismatch("the loss", got, exp), hint)
+
+
+# --- chapter 2 ---------------------------------------------------------------------------------------------
+@exercise("elastic_net_prox")
+def check_elastic_net_prox(fn: Callable[..., Any]) -> Feedback:
+    """fn(z, l1, l2) -> h, elementwise argmin_{h >= 0} 1/2 (h - z)^2 + l1 h + l2 h^2 (the solver's convention)."""
+    z = torch.tensor([-2.0, -0.3, 0.0, 0.05, 0.4, 1.0, 3.0], dtype=torch.float64)
+    cases = []
+    for l1, l2 in [(0.5, 0.0), (0.5, 0.25), (0.0, 1.0), (1.5, 0.1)]:
+        # The exact solver on an orthonormal dictionary (D = I) separates into exactly this scalar problem.
+        exact = solve_sparse_codes(z[None], torch.eye(len(z), dtype=torch.float64), l1, l2, tol=1e-12).h[0]
+        cases.append((f"z={z.tolist()}, l1={l1}, l2={l2}", (z, l1, l2), exact))
+
+    def hint(args: tuple[Any, ...], got: Any) -> str | None:
+        z, l1, l2 = args
+        h = _as_float64(got)
+        if h is not None and (h < 0).any():
+            return "the codes are nonnegative (the SAE's ReLU): negative z must map to 0."
+        if _matches(got, (z - l1).clamp_min(0) / (1 + l2)):
+            return "the derivative of l2 h^2 is 2 l2 h, so the denominator is 1 + 2 l2."
+        if _matches(got, (z - l1).clamp_min(0)):
+            return "you applied the soft threshold but not the l2 shrinkage that follows it."
+        if _matches(got, (z / (1 + 2 * l2) - l1).clamp_min(0)):
+            return "threshold first, then shrink: max(z - l1, 0) / (1 + 2 l2)."
+        return None
+
+    return _run_cases(fn, cases, lambda got, exp: _mismatch("h", got, exp), hint)
+
+
+@exercise("lipschitz_bound")
+def check_lipschitz_bound(fn: Callable[..., Any]) -> Feedback:
+    """fn(D (n, m), l2) -> float: ||D||_2 / (lambda_min(DᵀD) + 2 l2), inf when the denominator is 0."""
+    g = _gen(300)
+    square = torch.randn(3, 3, generator=g, dtype=torch.float64) + 2 * torch.eye(3, dtype=torch.float64)
+    wide = torch.nn.functional.normalize(torch.randn(2, 5, generator=g, dtype=torch.float64), dim=0)
+    tall = torch.randn(5, 2, generator=g, dtype=torch.float64)
+    cases = [
+        (f"an overcomplete D of shape {tuple(D.shape)} with l2={l2}" if D.shape[1] > D.shape[0]
+         else f"a D of shape {tuple(D.shape)} with full column rank and l2={l2}",
+         (D, l2), torch.tensor(lipschitz_bound(D, l2), dtype=torch.float64))
+        for D, l2 in [(wide, 0.1), (square, 0.0), (tall, 0.3), (wide, 1.0), (wide, 0.0)]
+    ]
+
+    def hint(args: tuple[Any, ...], got: Any) -> str | None:
+        D, l2 = args
+        s = torch.linalg.svdvals(D)
+        lam_min = s.min() ** 2 if D.shape[1] <= D.shape[0] else torch.tensor(0.0, dtype=torch.float64)
+        if _matches(got, s.max() / (lam_min + l2)):
+            return "the ridge term l2 ||h||^2 adds 2 l2 (not l2) to the curvature."
+        if _matches(got, s.max() ** 2 / (lam_min + 2 * l2)):
+            return "the numerator is the spectral norm ||D||_2 (the largest singular value), not its square."
+        if D.shape[1] > D.shape[0] and _matches(got, s.max() / (s.min() ** 2 + 2 * l2)):
+            return "with more atoms than dimensions DᵀD is singular: lambda_min(DᵀD) = 0, not s_min(D)^2."
+        if l2 == 0 and D.shape[1] > D.shape[0]:
+            return "with l2 = 0 and an overcomplete D the curvature is 0 and the bound is infinite (math.inf)."
+        return None
+
+    return _run_cases(fn, cases, lambda got, exp: _mismatch("the bound", got, exp), hint)
+
+
+@exercise("adaptive_weights")
+def check_adaptive_weights(fn: Callable[..., Any]) -> Feedback:
+    """fn(a (m,), gamma, ref_pct) -> w (m,): clip((ref / max(a_j, 1e-5))^gamma, 0.01, 10), ref = mean of the
+    top ceil(ref_pct * m) entries of a (the AEN-SAE rule after warm-up)."""
+    usages = [
+        torch.tensor([1.0, 0.5, 0.25, 0.1, 0.05]),
+        torch.tensor([2.0, 0.0, 0.3, 1e-7, 0.9, 0.6, 0.02, 1.1]),
+        torch.tensor([0.2, 0.2, 0.2, 0.2]),
+    ]
+    cases = []
+    for a, gamma, ref_pct in [(usages[0], 1.0, 0.2), (usages[1], 0.5, 0.25), (usages[1], 2.0, 0.1), (usages[2], 1.5, 0.5)]:
+        rule = AdaptiveL1Weights(len(a), gamma, ema_beta=0.9, ref_pct=ref_pct, warmup_start=0, warmup_steps=0)
+        rule.ema.copy_(a)
+        cases.append((f"a={a.tolist()}, gamma={gamma}, ref_pct={ref_pct}", (a, gamma, ref_pct),
+                      rule.weights().double()))
+
+    def hint(args: tuple[Any, ...], got: Any) -> str | None:
+        a, gamma, ref_pct = args
+        ref = a.topk(max(1, math.ceil(ref_pct * len(a)))).values.mean()
+        if _matches(got, (a.clamp_min(1e-5) / ref).pow(gamma).clamp(0.01, 10.0)):
+            return "the ratio is ref / a_j: rarely active latents (small a_j) get the larger weight."
+        if _matches(got, (ref / a.clamp_min(1e-5)).pow(gamma)):
+            return "clip the weights to [0.01, 10]."
+        if _matches(got, (a.max() / a.clamp_min(1e-5)).pow(gamma).clamp(0.01, 10.0)):
+            return "ref is the mean of the top ceil(ref_pct * m) entries of a, not the maximum."
+        return None
+
+    return _run_cases(fn, cases, lambda got, exp: _mismatch("w", got, exp), hint)

@@ -1,0 +1,179 @@
+"""The book's figures: each function draws one figure with matplotlib and returns the Figure.
+
+Functions that take `ax` draw into that Axes (and return its Figure) so figures can be composed; otherwise
+they create their own. Nothing here computes results: numbers come from aen_mini.metrics / geometry.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Mapping, Sequence
+
+import matplotlib.pyplot as plt
+import torch
+from matplotlib.axes import Axes
+from matplotlib.colors import ListedColormap
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+from torch import Tensor
+
+from aen_mini.geometry import ActivationRegions, CodePath
+from aen_mini.metrics import dictionary_recovery
+
+__all__ = [
+    "plot_activation_regions",
+    "plot_atoms",
+    "plot_code_paths",
+    "plot_lipschitz",
+    "plot_training_curves",
+]
+
+CURVE_LABELS = {
+    "mse": "reconstruction error (MSE)",
+    "l0": "L0 (active latents per input)",
+    "dead_pct": "dead latents (%)",
+    "loss": "training loss",
+    "l1": "L1 penalty",
+    "l2": "L2 penalty",
+}
+
+
+def _axes(ax: Axes | None, figsize: tuple[float, float]) -> tuple[Figure, Axes]:
+    if ax is not None:
+        return ax.figure, ax
+    fig, ax = plt.subplots(figsize=figsize, constrained_layout=True)
+    return fig, ax
+
+
+def plot_training_curves(
+    histories: Mapping[str, Sequence[Mapping[str, float]]] | Sequence[Mapping[str, float]],
+    keys: Sequence[str] = ("mse", "l0", "dead_pct"),
+) -> Figure:
+    """One panel per key of the trainer's history records (`TrainResult.history`), one line per run.
+
+    `histories` is one history or {run name: history}.
+    """
+    runs = dict(histories) if isinstance(histories, Mapping) else {"": histories}
+    if not runs or any(len(h) == 0 for h in runs.values()):
+        raise ValueError("every history must hold at least one record")
+    for name, history in runs.items():
+        missing = [k for k in (*keys, "step") if k not in history[0]]
+        if missing:
+            raise ValueError(f"history {name!r} has no key(s) {missing}; it has {sorted(history[0])}")
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.6 * len(keys), 3), constrained_layout=True, squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        for name, history in runs.items():
+            ax.plot([r["step"] for r in history], [r[key] for r in history], label=name or None)
+        ax.set_xlabel("step")
+        ax.set_title(CURVE_LABELS.get(key, key))
+    if any(runs):
+        axes[0, -1].legend()
+    return fig
+
+
+def plot_atoms(D_true: Tensor, D_learned: Tensor, threshold: float = 0.9) -> Figure:
+    """Learned vs true atoms after the one-to-one matching of metrics.dictionary_recovery.
+
+    Left: cosines between the true atoms and their matched learned atoms (a clean diagonal is perfect
+    recovery). Right: histogram of each true atom's matched cosine, with the recovery threshold.
+    """
+    recovery = dictionary_recovery(D_true, D_learned, threshold)
+    order = recovery["matched_cos"].argsort(descending=True)
+    matching = recovery["matching"][order]
+    true_atoms = torch.nn.functional.normalize(D_true.detach().double(), dim=0)[:, order]
+    learned = torch.nn.functional.normalize(D_learned.detach().double(), dim=0)
+    matched = torch.zeros_like(true_atoms)
+    matched[:, matching >= 0] = learned[:, matching[matching >= 0]]
+    cos = (true_atoms.T @ matched).cpu()
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.6), constrained_layout=True)
+    image = left.imshow(cos.numpy(), cmap="RdBu_r", vmin=-1, vmax=1)
+    left.set_xlabel("matched learned atom")
+    left.set_ylabel("true atom (best recovered first)")
+    left.set_title("cosine(true, learned)")
+    fig.colorbar(image, ax=left, shrink=0.8)
+    right.hist(recovery["matched_cos"].numpy(), bins=20, range=(-1, 1))
+    right.axvline(threshold, color="k", ls=":", label=f"threshold {threshold}")
+    right.set_xlabel("cosine with its matched learned atom")
+    right.set_ylabel("true atoms")
+    right.set_title(f"{recovery['frac_above']:.0%} recovered (mean cos {recovery['mean_cos']:.2f})")
+    right.legend(loc="upper left")
+    return fig
+
+
+def _active_set_name(mask: int, m: int) -> str:
+    members = [str(j + 1) for j in range(m) if mask >> j & 1]
+    return "{" + ",".join(members) + "}" if members else "none"
+
+
+def plot_activation_regions(
+    regions: ActivationRegions, D: Tensor, title: str | None = None, ax: Axes | None = None
+) -> Figure:
+    """The plane coloured by active set, with the atoms drawn as arrows (atom j is labelled j + 1)."""
+    fig, ax = _axes(ax, (4.2, 4.2))
+    m = regions.codes.shape[-1]
+    labels = regions.labels
+    present = labels.unique().tolist()
+    palette = plt.get_cmap("tab20").colors
+    colours = ListedColormap([(1.0, 1.0, 1.0) if mask == 0 else palette[mask % len(palette)] for mask in present])
+    index = torch.searchsorted(torch.tensor(present), labels)  # each mask -> its colour's position
+    extent = (regions.xs[0].item(), regions.xs[-1].item(), regions.ys[0].item(), regions.ys[-1].item())
+    ax.imshow(index.numpy(), origin="lower", extent=extent, cmap=colours, vmin=-0.5, vmax=len(present) - 0.5,
+              interpolation="nearest")
+    radius = 0.9 * min(abs(v) for v in extent)
+    for j, atom in enumerate(D.detach().double().T.tolist()):
+        ax.annotate("", xy=(radius * atom[0], radius * atom[1]), xytext=(0, 0),
+                    arrowprops={"arrowstyle": "->", "lw": 1.5, "color": "k"})
+        ax.text(1.08 * radius * atom[0], 1.08 * radius * atom[1], str(j + 1), ha="center", va="center")
+    ax.legend(handles=[Patch(facecolor=colours(i), edgecolor="0.5", label=_active_set_name(mask, m))
+                       for i, mask in enumerate(present)],
+              title="active atoms", fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.set_xlabel("$x_1$")
+    ax.set_ylabel("$x_2$")
+    ax.set_aspect("equal")
+    if title:
+        ax.set_title(title)
+    return fig
+
+
+def plot_code_paths(paths: Mapping[str, CodePath]) -> Figure:
+    """One panel per path: each code h_j along the segment (t from 0 to 1), with the largest jump noted."""
+    if not paths:
+        raise ValueError("paths must hold at least one CodePath")
+    fig, axes = plt.subplots(1, len(paths), figsize=(4 * len(paths), 3), sharey=True, constrained_layout=True,
+                             squeeze=False)
+    for ax, (name, path) in zip(axes[0], paths.items()):
+        for j in range(path.codes.shape[1]):
+            ax.plot(path.t.numpy(), path.codes[:, j].numpy(), label=f"$h_{j + 1}$")
+        ax.set_title(f"{name}\nlargest step {path.max_jump():.2f}, slope {path.max_slope():.3g}", fontsize="medium")
+        ax.set_xlabel("position t along the segment")
+    axes[0, 0].set_ylabel("exact code")
+    axes[0, -1].legend(fontsize="small")
+    return fig
+
+
+def plot_lipschitz(
+    x_values: Sequence[float],
+    curves: Mapping[str, Sequence[float]],
+    xlabel: str,
+    title: str | None = None,
+    logx: bool = True,
+    ax: Axes | None = None,
+) -> Figure:
+    """Lipschitz constants (log scale) against a parameter, one line per curve; inf values are left out."""
+    fig, ax = _axes(ax, (4.8, 3.4))
+    styles = {"bound": {"ls": "--", "color": "k"}}
+    for name, values in curves.items():
+        if len(values) != len(x_values):
+            raise ValueError(f"curve {name!r} has {len(values)} values but there are {len(x_values)} x values")
+        finite = [(x, y) for x, y in zip(x_values, values) if math.isfinite(y)]
+        ax.plot(*zip(*finite) if finite else ([], []), marker="o", ms=3, label=name, **styles.get(name, {}))
+    ax.set_yscale("log")
+    if logx:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("Lipschitz constant of $x \\mapsto h^*(x)$")
+    if title:
+        ax.set_title(title)
+    ax.legend(fontsize="small")
+    return fig
