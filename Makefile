@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test book clean
+.PHONY: install test book clean chromium benchmarks
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -19,13 +19,26 @@ $(STAMP): $(BIN)/python pyproject.toml
 
 install: $(STAMP)
 
-test: $(STAMP)
+# Headless Chromium renders built pages in tests/test_book_render.py, which skips its browser checks
+# (saying why) when this cannot install it: apt-get needs root and Debian's archive.
+chromium:
+	@command -v chromium >/dev/null || (apt-get update -q && apt-get install -y -q chromium) \
+		|| echo "could not install chromium: tests/test_book_render.py will skip its browser checks"
+
+test: $(STAMP) chromium
 	$(BIN)/python -m pytest tests -q
 	$(BIN)/python -m pytest --nbval-lax notebooks -q -p no:cacheprovider
 
+# --all: Sphinx re-reads (so myst-nb re-executes) every page, also those whose source did not change but
+# whose results depend on the package. One thread per kernel: CI-size models are tiny, and on shared
+# cores extra threads only contend.
 book: $(STAMP)
 	rm -rf _build/html
-	$(BIN)/jupyter-book build . -W --keep-going -n
+	OMP_NUM_THREADS=1 $(BIN)/jupyter-book build . --all -W --keep-going -n
+
+# Build-time benchmark of the book: writes benchmarks/book.json and benchmarks/book.md.
+benchmarks: $(STAMP)
+	$(BIN)/python benchmarks/book.py
 
 clean:
 	rm -rf _build .venv
