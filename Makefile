@@ -25,9 +25,10 @@ chromium:
 	@command -v chromium >/dev/null || (apt-get update -q && apt-get install -y -q chromium) \
 		|| echo "could not install chromium: tests/test_book_render.py will skip its browser checks"
 
+# One thread per process: the test problems are small, and on 2 shared cores extra threads only contend.
 test: $(STAMP) chromium
-	$(BIN)/python -m pytest tests -q
-	$(BIN)/python -m pytest --nbval-lax notebooks -q -p no:cacheprovider
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest tests -q
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest --nbval-lax notebooks -q -p no:cacheprovider
 
 # --all: Sphinx re-reads (so myst-nb re-executes) every page, also those whose source did not change but
 # whose results depend on the package. One thread per kernel: CI-size models are tiny, and on shared
