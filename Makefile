@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test book clean chromium benchmarks
+.PHONY: install test book clean chromium benchmarks saelens-venv
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -25,8 +25,23 @@ chromium:
 	@command -v chromium >/dev/null || (apt-get update -q && apt-get install -y -q chromium) \
 		|| echo "could not install chromium: tests/test_book_render.py will skip its browser checks"
 
+# sae-lens pins transformer-lens<4 (ours is 4.x), so it gets its own venv, used only by tests/test_saelens.py
+# through a subprocess; torch==2.13.0 first for the reason above. Where it cannot be installed, that test skips.
+SAELENS_VENV := .venv-saelens
+SAELENS_STAMP := $(SAELENS_VENV)/.installed
+$(SAELENS_STAMP):
+	rm -rf $(SAELENS_VENV)
+	$(PY) -m venv $(SAELENS_VENV)
+	$(SAELENS_VENV)/bin/pip install -q torch==2.13.0
+	$(SAELENS_VENV)/bin/pip install -q "sae-lens>=6,<7"
+	touch $(SAELENS_STAMP)
+
+saelens-venv:
+	@$(MAKE) --no-print-directory $(SAELENS_STAMP) \
+		|| echo "could not install sae-lens: tests/test_saelens.py will skip its SAELens round trip"
+
 # One thread per process: the test problems are small, and on 2 shared cores extra threads only contend.
-test: $(STAMP) chromium
+test: $(STAMP) chromium saelens-venv
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest tests -q
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest --nbval-lax notebooks -q -p no:cacheprovider
 
@@ -42,4 +57,4 @@ benchmarks: $(STAMP)
 	$(BIN)/python benchmarks/book.py
 
 clean:
-	rm -rf _build .venv
+	rm -rf _build .venv $(SAELENS_VENV)
