@@ -15,7 +15,7 @@ import math
 import torch
 from torch import nn
 
-from aen_mini.sae.base import SAE
+from aen_mini.sae.base import LOCAL_STATS, SAE, StatReducer
 from aen_mini.validate import check_in_range, check_nonnegative, check_nonnegative_int
 
 W_MIN, W_MAX, A_FLOOR = 0.01, 10.0, 1e-5
@@ -42,15 +42,19 @@ class AdaptiveL1Weights(nn.Module):
             return (t >= 0).float()
         return (t / self.warmup_steps).clamp(0.0, 1.0)
 
+    def reference(self) -> torch.Tensor:
+        """Mean of the top ref_pct of the EMA: the activity level that gets weight 1."""
+        return self.ema.topk(self.n_ref).values.mean()
+
     def weights(self) -> torch.Tensor:
         """The effective per-latent weights w~ (detached)."""
-        ref = self.ema.topk(self.n_ref).values.mean()
+        ref = self.reference()
         w = (ref / self.ema.clamp_min(A_FLOOR)).pow(self.gamma).clamp(W_MIN, W_MAX)
         return 1.0 + (w - 1.0) * self.ramp()
 
     @torch.no_grad()
-    def update(self, h: torch.Tensor) -> None:
-        self.ema.lerp_(h.abs().mean(dim=0).to(self.ema.dtype), 1.0 - self.ema_beta)
+    def update(self, h: torch.Tensor, stats: StatReducer = LOCAL_STATS) -> None:
+        self.ema.lerp_(stats.batch_mean(h.abs().mean(dim=0)).to(self.ema.dtype), 1.0 - self.ema_beta)
         self.step.add_(1)
 
 
@@ -79,8 +83,8 @@ class AdaptiveLasso(SAE):
     def penalties(self, h, pre, x, x_hat):
         return {"l1": self.l1_coeff * (h.abs() * self.l1_weights()).sum(-1).mean()}
 
-    def update_state(self, h: torch.Tensor) -> None:
-        self.reweighting.update(h)
+    def update_state(self, h: torch.Tensor, stats: StatReducer = LOCAL_STATS) -> None:
+        self.reweighting.update(h, stats)
 
 
 class AEN(AdaptiveLasso):

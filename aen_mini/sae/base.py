@@ -14,6 +14,41 @@ from torch import nn
 from aen_mini.validate import check_activations, check_positive_int
 
 
+class StatReducer:
+    """Turns statistics of what this process sees into statistics of the whole training step.
+
+    One process sees the whole batch and every latent, so each method is the identity; ``aen_mini.distributed``
+    supplies the data-parallel version (other processes hold other rows) and the latent-sharded one (other
+    processes hold other latents)."""
+
+    def batch_tokens(self, n: int) -> int:
+        """Rows in the global batch, given this process's ``n``."""
+        return n
+
+    def batch_mean(self, t: torch.Tensor) -> torch.Tensor:
+        """Mean over the global batch, given the mean over this process's rows."""
+        return t
+
+    def batch_any(self, t: torch.Tensor) -> torch.Tensor:
+        """True where true for any row of the global batch, given this process's rows (bool)."""
+        return t
+
+    def latent_sum(self, t: torch.Tensor) -> torch.Tensor:
+        """Sum over all latents, given the sum over this process's latents."""
+        return t
+
+    def latent_mean(self, t: torch.Tensor) -> torch.Tensor:
+        """Mean over all latents, given the mean over this process's latents."""
+        return t
+
+    def codes_min(self, t: torch.Tensor) -> torch.Tensor:
+        """Minimum over every code of the step, given the minimum over this process's codes."""
+        return t
+
+
+LOCAL_STATS = StatReducer()
+
+
 class SAE(nn.Module):
     """h = activation(W_enc (x - b_dec) + b_enc),  x_hat = W_dec h + b_dec, with unit-norm decoder columns."""
 
@@ -50,7 +85,11 @@ class SAE(nn.Module):
         return self.activation(self.pre_activation(x))
 
     def decode(self, h: torch.Tensor) -> torch.Tensor:
-        return h @ self.W_dec.T + self.b_dec
+        return self.decode_atoms(h) + self.b_dec
+
+    def decode_atoms(self, h: torch.Tensor) -> torch.Tensor:
+        """W_dec h without the bias: the sum over latents that latent-sharded training completes across processes."""
+        return h @ self.W_dec.T
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.encode(x)
@@ -75,18 +114,19 @@ class SAE(nn.Module):
 
     # --- after each optimiser step -----------------------------------------------------------------
     @torch.no_grad()
-    def after_step(self) -> None:
-        """Renormalise decoder columns, count firing, update the variant's running state."""
+    def after_step(self, stats: StatReducer = LOCAL_STATS) -> None:
+        """Renormalise decoder columns, count firing, update the variant's running state. ``stats`` makes the
+        counters and running statistics those of the global batch when training is distributed."""
         self.W_dec.div_(self.W_dec.norm(dim=0, keepdim=True).clamp_min(1e-12))
         h = self._last_codes
         if h is None:
             return
-        fired = (h > 0).any(dim=0)
+        fired = stats.batch_any((h > 0).any(dim=0))
         # (count + batch) where the latent stayed silent, 0 where it fired; no host sync.
-        self.tokens_since_fired.add_(h.shape[0]).mul_(~fired)
-        self.update_state(h)
+        self.tokens_since_fired.add_(stats.batch_tokens(h.shape[0])).mul_(~fired)
+        self.update_state(h, stats)
 
-    def update_state(self, h: torch.Tensor) -> None:
+    def update_state(self, h: torch.Tensor, stats: StatReducer = LOCAL_STATS) -> None:
         """Variant hook: running statistics updated from the last batch's codes (default: none)."""
 
     def dead_mask(self) -> torch.Tensor:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from aen_mini.sae.base import SAE
+from aen_mini.sae.base import LOCAL_STATS, SAE, StatReducer
 from aen_mini.validate import check_nonnegative, check_nonnegative_int, check_positive_int
 
 
@@ -33,16 +33,23 @@ class TopK(SAE):
         self.aux_coeff = check_nonnegative("aux_coeff", aux_coeff)
 
     def activation(self, pre: torch.Tensor) -> torch.Tensor:
-        return keep_top(pre, self.k)
+        return self.keep_top(pre, self.k)
+
+    # Selections over the latent axis go through these two methods so latent-sharded training can make them global.
+    def keep_top(self, pre: torch.Tensor, k: int) -> torch.Tensor:
+        return keep_top(pre, k)
+
+    def any_latent(self, mask: torch.Tensor) -> torch.Tensor:
+        return mask.any()
 
     def penalties(self, h, pre, x, x_hat):
         if self.aux_coeff == 0:
             return {}
         dead = self.dead_mask()
-        h_aux = keep_top(pre.masked_fill(~dead, float("-inf")), min(self.aux_k, self.d_sae))
+        h_aux = self.keep_top(pre.masked_fill(~dead, float("-inf")), min(self.aux_k, self.d_sae))
         residual = (x - x_hat).detach()
-        aux = (residual - h_aux @ self.W_dec.T).pow(2).sum(-1).mean()
-        return {"aux": self.aux_coeff * aux * dead.any()}  # a constant ||e||^2 otherwise: report 0
+        aux = (residual - self.decode_atoms(h_aux)).pow(2).sum(-1).mean()
+        return {"aux": self.aux_coeff * aux * self.any_latent(dead)}  # a constant ||e||^2 otherwise: report 0
 
 
 class BatchTopK(TopK):
@@ -62,9 +69,11 @@ class BatchTopK(TopK):
         if not self.training:
             return torch.where(pre > self.threshold, pre, torch.zeros_like(pre)).relu()
         flat = pre.flatten()
-        return keep_top(flat.unsqueeze(0), min(self.k * pre.shape[0], flat.numel())).view_as(pre)
+        # k <= d_sae, so k * batch never exceeds the number of pre-activations
+        return self.keep_top(flat.unsqueeze(0), self.k * pre.shape[0]).view_as(pre)
 
-    def update_state(self, h: torch.Tensor) -> None:
-        kept = h[h > 0]
-        if kept.numel():
-            self.threshold.lerp_(kept.min().to(self.threshold.dtype), self.threshold_momentum)
+    def update_state(self, h: torch.Tensor, stats: StatReducer = LOCAL_STATS) -> None:
+        # smallest kept code (inf if none was kept), without a host sync that would stall the GPU
+        smallest = stats.codes_min(torch.where(h > 0, h, torch.inf).amin().to(self.threshold.dtype))
+        self.threshold.copy_(torch.where(smallest.isfinite(), self.threshold.lerp(smallest, self.threshold_momentum),
+                                         self.threshold))

@@ -1,0 +1,172 @@
+"""Distributed training on the CPU (gloo, 2 processes) against one process doing the same work.
+
+The two ranks run once for the whole module (spawning costs seconds); they write what they computed to files and
+the tests compare those with a single process here."""
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from aen_mini.checkpoint import load_checkpoint
+from aen_mini.data.source import TensorSource
+from aen_mini.distributed import DataParallel, LatentSharded, StridedSource, shard_sae
+from aen_mini.sae import make_sae
+from aen_mini.train import TrainConfig, train
+
+WORLD = 2
+D_IN, D_SAE = 8, 32
+HYPER = {
+    "aen": dict(l1_coeff=0.05, l2_coeff=0.01, ema_beta=0.5, ref_pct=0.1, dead_after_tokens=16),
+    "topk": dict(k=4, aux_k=4, dead_after_tokens=16),
+    "batch_topk": dict(k=4, aux_k=4, threshold_momentum=0.5, dead_after_tokens=16),
+}
+TOL = dict(rtol=1e-5, atol=1e-6)
+
+
+def _data() -> torch.Tensor:
+    g = torch.Generator().manual_seed(7)
+    return torch.randn(64, D_IN, generator=g) * torch.linspace(0.5, 2.0, D_IN)
+
+
+def _cfg(**overrides) -> TrainConfig:
+    return TrainConfig(**{**dict(steps=6, batch_size=16, lr=1e-2, grad_clip=0.5, log_every=1, progress=False), **overrides})
+
+
+def _sharding_case(variant: str) -> tuple[torch.nn.Module, torch.Tensor]:
+    """An SAE with non-trivial running state (some dead latents, an uneven EMA) and a batch."""
+    g = torch.Generator().manual_seed(3)
+    sae = make_sae(variant, D_IN, D_SAE, seed=1, **HYPER[variant])
+    with torch.no_grad():
+        sae.b_dec.copy_(torch.randn(D_IN, generator=g) * 0.1)
+        sae.tokens_since_fired.copy_(torch.randint(0, 32, (D_SAE,), generator=g))
+        if variant == "aen":
+            sae.reweighting.ema.copy_(torch.rand(D_SAE, generator=g) + 0.01)
+    return sae, torch.randn(16, D_IN, generator=g)
+
+
+def _worker(rank: int, port: int, out: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
+    out_dir = Path(out)
+    try:
+        for variant in ("aen", "topk"):  # data-parallel training
+            source = StridedSource(TensorSource(_data(), seed=0), rank, WORLD)
+            sae = make_sae(variant, D_IN, D_SAE, **HYPER[variant])
+            result = train(sae, source, _cfg(), parallel=DataParallel("cpu"))
+            torch.save({"state": result.sae.state_dict(), "history": result.history}, out_dir / f"dp_{variant}_{rank}.pt")
+        for variant in ("topk", "batch_topk", "aen"):  # one sharded loss and backward
+            sae, x = _sharding_case(variant)
+            local = shard_sae(sae, rank, WORLD)
+            terms = local.loss(x)
+            terms["loss"].backward()
+            torch.save({"terms": {k: v.detach() for k, v in terms.items()}, "codes": local._last_codes,
+                        "grads": {n: p.grad for n, p in local.named_parameters()}}, out_dir / f"shard_{variant}_{rank}.pt")
+        for variant in ("aen", "batch_topk"):  # sharded training, checkpointed at the end
+            sae = make_sae(variant, D_IN, D_SAE, **HYPER[variant])
+            path = out_dir / f"latent_{variant}.safetensors"
+            cfg = _cfg(steps=5, checkpoint_every=5, checkpoint_path=str(path))
+            local = train(sae, TensorSource(_data(), seed=0), cfg, parallel=LatentSharded("cpu")).sae
+            probe = _data()[:8]
+            with torch.no_grad():
+                x_hat, _ = local(probe)
+            if rank == 0:
+                torch.save({"x_hat": x_hat, "probe": probe}, out_dir / f"latent_{variant}_outputs.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ranks_out(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("distributed")
+    mp.spawn(_worker, args=(_free_port(), str(out)), nprocs=WORLD, join=True)
+    return out
+
+
+def _assert_state_close(got: dict, want: dict) -> None:
+    assert got.keys() == want.keys()
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], **TOL, msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("variant", ["aen", "topk"])
+def test_data_parallel_equals_one_process_on_the_global_batch(ranks_out, variant):
+    single = train(make_sae(variant, D_IN, D_SAE, **HYPER[variant]), TensorSource(_data(), seed=0), _cfg())
+    for rank in range(WORLD):
+        got = torch.load(ranks_out / f"dp_{variant}_{rank}.pt")
+        _assert_state_close(got["state"], single.sae.state_dict())  # weights, EMA, dead counters, on every rank
+        assert len(got["history"]) == len(single.history) == 6
+        for step_got, step_want in zip(got["history"], single.history):  # step by step, global-batch statistics
+            for key in ("loss", "mse", "l0", "dead_pct"):
+                assert step_got[key] == pytest.approx(step_want[key], rel=1e-5, abs=1e-6), (step_got["step"], key)
+    if variant == "aen":  # the EMA moved away from its start, so the weights w_j were exercised
+        assert not torch.allclose(single.sae.reweighting.ema, torch.ones(D_SAE))
+
+
+@pytest.mark.parametrize("variant", ["topk", "batch_topk", "aen"])
+def test_latent_sharded_loss_gradients_and_selection_equal_unsharded(ranks_out, variant):
+    sae, x = _sharding_case(variant)
+    terms = sae.loss(x)
+    terms["loss"].backward()
+    if variant != "aen":
+        assert terms["aux"] > 0  # some latents are dead, so the AuxK path is compared too
+    width = D_SAE // WORLD
+    for rank in range(WORLD):
+        got = torch.load(ranks_out / f"shard_{variant}_{rank}.pt")
+        own = slice(rank * width, (rank + 1) * width)
+        assert got["terms"].keys() == terms.keys()
+        for name, value in terms.items():
+            torch.testing.assert_close(got["terms"][name], value.detach(), **TOL)
+        assert torch.equal(got["codes"] > 0, sae._last_codes[:, own] > 0)  # the same latents selected
+        torch.testing.assert_close(got["codes"], sae._last_codes[:, own], **TOL)
+        want_grads = {"W_enc": sae.W_enc.grad[own], "b_enc": sae.b_enc.grad[own], "W_dec": sae.W_dec.grad[:, own],
+                      "b_dec": sae.b_dec.grad}
+        _assert_state_close(got["grads"], want_grads)
+
+
+@pytest.mark.parametrize("variant", ["aen", "batch_topk"])
+def test_checkpoint_from_two_sharded_ranks_loads_in_one_process(ranks_out, variant, tmp_path):
+    ckpt = load_checkpoint(ranks_out / f"latent_{variant}.safetensors")
+    outputs = torch.load(ranks_out / f"latent_{variant}_outputs.pt")
+    with torch.no_grad():
+        x_hat, _ = ckpt.sae(outputs["probe"])
+    torch.testing.assert_close(x_hat, outputs["x_hat"], rtol=1e-6, atol=1e-6)
+    # and the sharded run trained exactly what one process trains: weights, buffers and Adam moments
+    path = tmp_path / "single.safetensors"
+    train(make_sae(variant, D_IN, D_SAE, **HYPER[variant]), TensorSource(_data(), seed=0),
+          _cfg(steps=5, checkpoint_every=5, checkpoint_path=str(path)))
+    single = load_checkpoint(path)
+    _assert_state_close(ckpt.sae.state_dict(), single.sae.state_dict())
+    assert ckpt.train_state["step"] == single.train_state["step"] == 5
+    assert ckpt.optimizer_state["state"].keys() == single.optimizer_state["state"].keys() == {0, 1, 2, 3}
+    for idx, moments in single.optimizer_state["state"].items():
+        _assert_state_close(ckpt.optimizer_state["state"][idx], moments)
+
+
+def test_strided_source_partitions_the_global_batch():
+    data = _data()
+    ranks = [StridedSource(TensorSource(data, seed=0), r, WORLD) for r in range(WORLD)]
+    whole = TensorSource(data, seed=0)
+    for _ in range(5):  # crosses an epoch boundary
+        batch = whole.next_batch(16)
+        parts = [s.next_batch(8) for s in ranks]
+        assert torch.equal(torch.stack(parts, 1).reshape(16, D_IN), batch)
+    assert ranks[0].state_dict() == ranks[1].state_dict() == whole.state_dict()
+    with pytest.raises(ValueError, match="rank"):
+        StridedSource(whole, 2, WORLD)
+
+
+def test_shard_sae_refuses_uneven_split():
+    with pytest.raises(ValueError, match="divisible"):
+        shard_sae(make_sae("aen", D_IN, 30), 0, 4)
