@@ -16,7 +16,7 @@ from safetensors import safe_open
 from aen_mini.atomic import atomic_save_safetensors
 from aen_mini.sae import SAE, sae_from_config
 
-FORMAT = "aen-mini-checkpoint/1"
+FORMAT = "aen-mini-checkpoint/2"  # /2: the checksum also covers the metadata, dtypes and shapes
 
 
 @dataclass
@@ -27,12 +27,17 @@ class Checkpoint:
     path: Path
 
 
-def _digest(tensors: dict[str, torch.Tensor]) -> str:
+def _digest(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> str:
+    """SHA-256 over every tensor (name, dtype, shape, bytes) and every metadata entry but the digest itself:
+    a flipped bit anywhere in the file either breaks its structure or changes this."""
     h = hashlib.sha256()
     for name in sorted(tensors):
-        t = tensors[name].detach().contiguous().cpu().reshape(-1)
-        h.update(name.encode())
-        h.update(t.view(torch.uint8).numpy().tobytes())
+        t = tensors[name].detach().contiguous().cpu()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    for key in sorted(metadata):
+        if key != "sha256":
+            h.update(f"{key}={metadata[key]}|".encode())
     return h.hexdigest()
 
 
@@ -59,16 +64,18 @@ def save_checkpoint(path: str | os.PathLike, sae: SAE, optimizer: torch.optim.Op
         "sae_config": json.dumps(sae.config()),
         "optimizer_param_groups": json.dumps(groups),
         "train_state": json.dumps(train_state or {}),
-        "sha256": _digest(tensors),
     }
+    metadata["sha256"] = _digest(tensors, metadata)
     return atomic_save_safetensors(tensors, path, metadata)
 
 
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> Checkpoint:
     """Read a checkpoint; raises FileNotFoundError or ValueError naming the file and the problem."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
+    if not path.is_file():
+        raise ValueError(f"checkpoint {path} is not a file")
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             metadata = f.metadata() or {}
@@ -77,9 +84,12 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
         raise ValueError(f"checkpoint {path} is truncated or not a safetensors file ({err})") from None
     if metadata.get("format") != FORMAT:
         raise ValueError(f"checkpoint {path} is not an aen-mini checkpoint (format {metadata.get('format')!r}, expected {FORMAT!r})")
-    if _digest(tensors) != metadata.get("sha256"):
-        raise ValueError(f"checkpoint {path} is corrupt: its tensors do not match the stored checksum")
-    sae = sae_from_config(json.loads(metadata["sae_config"]))
+    if _digest(tensors, metadata) != metadata.get("sha256"):
+        raise ValueError(f"checkpoint {path} is corrupt: its contents do not match the stored checksum")
+    try:
+        sae = sae_from_config(json.loads(metadata["sae_config"]))
+    except (KeyError, ValueError, TypeError) as err:  # a file written by another version of aen_mini
+        raise ValueError(f"checkpoint {path} holds an SAE config this aen_mini cannot build ({err})") from None
     sae_state = {k[len("sae."):]: v for k, v in tensors.items() if k.startswith("sae.")}
     load_sae_state(sae, sae_state, source=str(path))
     groups = json.loads(metadata.get("optimizer_param_groups", "null"))
