@@ -93,7 +93,7 @@ def _close(got: Tensor, expected: Tensor) -> bool:
 
 def _mismatch(what: str, got_raw: Any, expected: Tensor) -> str | None:
     """Why `got_raw` is not `expected` (shape, type or first differing entry), or None when they agree."""
-    got = _as_float64(got_raw)
+    got, expected = _as_float64(got_raw), expected.detach().double()
     if got is None:
         return f"{what} is a {type(got_raw).__name__}, not numbers"
     if got.shape != expected.shape:
@@ -142,8 +142,13 @@ def _run_cases(
 
 def _matches(got: Any, candidate: Tensor) -> bool:
     """Whether the student's output equals a known wrong answer (to name the mistake)."""
-    got = _as_float64(got)
+    got, candidate = _as_float64(got), candidate.detach().double()
     return got is not None and got.shape == candidate.shape and _close(got, candidate)
+
+
+def _fmt(values: Tensor) -> str:
+    """A short, exact-looking list for messages (float32 inputs would print as 0.10000000149011612)."""
+    return "[" + ", ".join(f"{v:.6g}" for v in values.tolist()) + "]"
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -187,9 +192,9 @@ def check_relu_sae_forward(fn: Callable[..., Any]) -> Feedback:
         h = _as_float64(got[1])
         if h is not None and (h < 0).any():
             return "h has negative entries: the codes pass through a ReLU."
-        if _matches(got[1], torch.relu(x @ W_enc.T + b_enc).double()):
+        if _matches(got[1], torch.relu(x @ W_enc.T + b_enc)):
             return "subtract the decoder bias from x before encoding: W_enc (x - b_dec) + b_enc."
-        if _matches(got[0], (_as_float64(got[1]) @ W_dec.T.double()) if h is not None else torch.empty(0)):
+        if h is not None and h.shape == (x.shape[0], W_dec.shape[1]) and _matches(got[0], h @ W_dec.T.double()):
             return "the reconstruction adds the decoder bias back: x_hat = W_dec h + b_dec."
         return None
 
@@ -237,7 +242,7 @@ def check_elastic_net_prox(fn: Callable[..., Any]) -> Feedback:
     for l1, l2 in [(0.5, 0.0), (0.5, 0.25), (0.0, 1.0), (1.5, 0.1)]:
         # The exact solver on an orthonormal dictionary (D = I) separates into exactly this scalar problem.
         exact = solve_sparse_codes(z[None], torch.eye(len(z), dtype=torch.float64), l1, l2, tol=1e-12).h[0]
-        cases.append((f"z={z.tolist()}, l1={l1}, l2={l2}", (z, l1, l2), exact))
+        cases.append((f"z={_fmt(z)}, l1={l1}, l2={l2}", (z, l1, l2), exact))
 
     def hint(args: tuple[Any, ...], got: Any) -> str | None:
         z, l1, l2 = args
@@ -299,7 +304,7 @@ def check_adaptive_weights(fn: Callable[..., Any]) -> Feedback:
     for a, gamma, ref_pct in [(usages[0], 1.0, 0.2), (usages[1], 0.5, 0.25), (usages[1], 2.0, 0.1), (usages[2], 1.5, 0.5)]:
         rule = AdaptiveL1Weights(len(a), gamma, ema_beta=0.9, ref_pct=ref_pct, warmup_start=0, warmup_steps=0)
         rule.ema.copy_(a)
-        cases.append((f"a={a.tolist()}, gamma={gamma}, ref_pct={ref_pct}", (a, gamma, ref_pct),
+        cases.append((f"a={_fmt(a)}, gamma={gamma}, ref_pct={ref_pct}", (a, gamma, ref_pct),
                       rule.weights().double()))
 
     def hint(args: tuple[Any, ...], got: Any) -> str | None:

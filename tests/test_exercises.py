@@ -1,0 +1,114 @@
+"""Each checker accepts the reference solution and rejects a wrong one with a message naming the input."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from aen_mini.exercises import EXERCISES, Feedback, check
+
+
+def relu_sae_forward(x, W_enc, b_enc, W_dec, b_dec):
+    h = torch.relu((x - b_dec) @ W_enc.T + b_enc)
+    return h @ W_dec.T + b_dec, h
+
+
+def sae_loss(x, x_hat, h, l1_coeff):
+    return (x - x_hat).pow(2).sum(-1).mean() + l1_coeff * h.abs().sum(-1).mean()
+
+
+def elastic_net_prox(z, l1, l2):
+    return (z - l1).clamp_min(0) / (1 + 2 * l2)
+
+
+def lipschitz_bound(D, l2):
+    s = torch.linalg.svdvals(D.double())
+    mu = (s.min().item() ** 2 if D.shape[1] <= D.shape[0] else 0.0) + 2 * l2
+    return s.max().item() / mu if mu > 0 else math.inf
+
+
+def adaptive_weights(a, gamma, ref_pct):
+    ref = a.topk(math.ceil(ref_pct * len(a))).values.mean()
+    return (ref / a.clamp_min(1e-5)).pow(gamma).clamp(0.01, 10.0)
+
+
+SOLUTIONS = {
+    "relu_sae_forward": relu_sae_forward,
+    "sae_loss": sae_loss,
+    "elastic_net_prox": elastic_net_prox,
+    "lipschitz_bound": lipschitz_bound,
+    "adaptive_weights": adaptive_weights,
+}
+
+# (exercise, wrong answer, words the feedback must contain: the failing input and the hint)
+MISTAKES = [
+    ("relu_sae_forward", lambda x, We, be, Wd, bd: ((x @ We.T + be) @ Wd.T + bd, x @ We.T + be),
+     ["test input 0", "ReLU"]),
+    ("relu_sae_forward", lambda x, We, be, Wd, bd: (torch.relu(x @ We.T + be) @ Wd.T + bd, torch.relu(x @ We.T + be)),
+     ["test input 0", "subtract the decoder bias"]),
+    ("sae_loss", lambda x, xh, h, l1: (x - xh).pow(2).sum() + l1 * h.abs().sum(), ["batch of 5", "mean over the batch"]),
+    ("sae_loss", lambda x, xh, h, l1: (x - xh).pow(2).mean() + l1 * h.abs().sum(-1).mean(), ["sum the squared error"]),
+    ("elastic_net_prox", lambda z, l1, l2: (z - l1).clamp_min(0) / (1 + l2), ["l2=0.25", "1 + 2 l2"]),
+    ("elastic_net_prox", lambda z, l1, l2: torch.sign(z) * (z.abs() - l1).clamp_min(0) / (1 + 2 * l2),
+     ["z=[-2, -0.3", "nonnegative"]),
+    ("lipschitz_bound", lambda D, l2: torch.linalg.svdvals(D).max().item() / (2 * l2 + 1e-300),
+     ["full column rank", "l2=0.0"]),
+    ("lipschitz_bound", lambda D, l2: torch.linalg.svdvals(D).max().item() / (l2 if l2 else 1e-300),
+     ["overcomplete", "2 l2"]),
+    ("adaptive_weights", lambda a, g, p: (a.clamp_min(1e-5) / a.max()).pow(g).clamp(0.01, 10), ["gamma=1.0", "ref / a_j"]),
+    ("adaptive_weights", lambda a, g, p: (a.topk(math.ceil(p * len(a))).values.mean() / a.clamp_min(1e-5)).pow(g),
+     ["a=[1, 0.5, 0.25, 0.1, 0.05]", "clip"]),
+]
+
+
+@pytest.mark.parametrize("name", sorted(SOLUTIONS))
+def test_reference_solution_passes(name: str) -> None:
+    feedback = check(name, SOLUTIONS[name])
+    assert isinstance(feedback, Feedback) and feedback.passed, feedback
+    assert feedback.startswith("correct")
+
+
+def test_every_registered_exercise_has_a_solution_here() -> None:
+    assert set(EXERCISES) >= set(SOLUTIONS)
+
+
+@pytest.mark.parametrize("name, wrong, words", MISTAKES, ids=[f"{m[0]}-{i}" for i, m in enumerate(MISTAKES)])
+def test_wrong_answer_is_named(name: str, wrong, words: list[str]) -> None:
+    feedback = check(name, wrong)
+    assert not feedback.passed and feedback.startswith("not yet")
+    for word in words:
+        assert word in feedback, f"{word!r} not in feedback:\n{feedback}"
+    assert "expected" in feedback
+
+
+def test_a_crashing_or_silent_answer_is_feedback_not_an_error() -> None:
+    def crashes(z, l1, l2):
+        raise RuntimeError("boom")
+
+    feedback = check("elastic_net_prox", crashes)
+    assert not feedback.passed and "raised RuntimeError: boom" in feedback
+    assert "returned None" in check("elastic_net_prox", lambda z, l1, l2: None)
+    assert "shape (3,)" in check("elastic_net_prox", lambda z, l1, l2: z[:3])
+    assert "(x_hat, h)" in check("relu_sae_forward", lambda *args: args[0])
+
+
+def test_student_inputs_are_copies() -> None:
+    def mutates(z, l1, l2):
+        z.zero_()
+        return z
+
+    check("elastic_net_prox", mutates)
+    assert check("elastic_net_prox", elastic_net_prox).passed  # the cases were not corrupted
+
+
+def test_unusable_answers_raise() -> None:
+    with pytest.raises(TypeError, match="pass your function"):
+        check("sae_loss", 3.0)
+    with pytest.raises(ValueError, match="unknown exercise"):
+        check("no_such_exercise", sae_loss)
+
+
+def test_feedback_displays_as_plain_text() -> None:
+    feedback = Feedback("correct: fine", True)
+    assert repr(feedback) == "correct: fine" and feedback.passed
