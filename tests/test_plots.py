@@ -86,3 +86,14 @@ def test_lipschitz_leaves_out_infinite_values() -> None:
     assert ax.get_yscale() == "log" and ax.get_xlabel() == "l2"
     with pytest.raises(ValueError, match="curve 'bound' has 1 values"):
         plot_lipschitz([1.0, 2.0], {"bound": [1.0]}, xlabel="l2")
+
+
+def test_geometry_explorer_has_three_sliders_and_checks_usage() -> None:
+    from aen_mini.widgets import geometry_explorer
+
+    D = unit_atoms([0, 120, 240])
+    widget = geometry_explorer(D, usage=[1.0, 0.5, 0.1], resolution=11)
+    sliders = widget.children[0].children
+    assert [s.description for s in sliders] == ["λ1", "λ2", "γ"]
+    with pytest.raises(ValueError, match="one entry per atom"):
+        geometry_explorer(D, usage=[1.0, 0.5])
