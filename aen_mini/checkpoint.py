@@ -51,6 +51,8 @@ def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torc
 def save_checkpoint(path: str | os.PathLike, sae: SAE, optimizer: torch.optim.Optimizer | None = None,
                     train_state: dict[str, Any] | None = None) -> Path:
     """Write the checkpoint atomically. Refuses weights that hold NaN or inf."""
+    if not isinstance(sae, SAE):
+        raise TypeError(f"sae must be an aen_mini SAE, got {type(sae).__name__}")
     tensors = {f"sae.{k}": v for k, v in sae.state_dict().items()}
     for name, value in tensors.items():
         if value.is_floating_point() and not bool(torch.isfinite(value).all()):

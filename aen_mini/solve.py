@@ -52,6 +52,8 @@ def _validated(
     _check_tensor("D", D, 2)
     if x.shape[1] != D.shape[0]:
         raise ValueError(f"x has {x.shape[1]} features but D has {D.shape[0]} rows")
+    if D.shape[1] == 0:
+        raise ValueError("D must have at least one column (atom)")
     l1, l2 = check_nonnegative("l1", l1), check_nonnegative("l2", l2)
     if weights is None:
         weights = torch.ones(D.shape[1], dtype=torch.float64, device=D.device)
@@ -113,8 +115,8 @@ def solve_sparse_codes(
     Computation is in float64; `h` comes back in x's dtype, `kkt_residual` in float64.
     """
     x64, D64, l1, l2, w = _validated(x, D, l1, l2, weights)
-    if not tol > 0:
-        raise ValueError(f"tol must be > 0, got {tol}")
+    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol > 0:
+        raise ValueError(f"tol must be a number > 0, got {tol!r}")
     check_positive_int("max_iter", max_iter)
     batch, m = x.shape[0], D.shape[1]
     if h0 is None:
@@ -127,7 +129,10 @@ def solve_sparse_codes(
         h = h.clamp_min(0) if nonneg else h.clone()
 
     target = x64 @ D64
-    step = 1.0 / (torch.linalg.matrix_norm(D64, ord=2).item() ** 2 + 2 * l2)
+    lipschitz = torch.linalg.matrix_norm(D64, ord=2).item() ** 2 + 2 * l2
+    if lipschitz == 0:
+        raise ValueError("D is all zeros and l2 = 0: the smooth part has no curvature, so no step size exists")
+    step = 1.0 / lipschitz
     penalty = l1 * w
     threshold = step * penalty
 

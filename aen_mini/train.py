@@ -20,7 +20,7 @@ from aen_mini.data.source import ActivationSource
 from aen_mini.resample import resample_dead_latents
 from aen_mini.sae import SAE
 from aen_mini.validate import (check_activations, check_choice, check_in_range, check_nonnegative,
-                               check_nonnegative_int, check_positive_int)
+                               check_nonnegative_int, check_positive_int, check_seed)
 
 
 class NonFiniteLossError(ValueError):
@@ -53,9 +53,21 @@ class TrainConfig:
         check_in_range("lr", self.lr, 0.0, 1.0, low_open=True)
         check_nonnegative_int("lr_warmup_steps", self.lr_warmup_steps)
         check_in_range("lr_decay_start", self.lr_decay_start, 0.0, 1.0)
+        if not isinstance(self.adam_betas, (tuple, list)) or len(self.adam_betas) != 2:
+            raise ValueError(f"adam_betas must be a pair (beta1, beta2), each in [0, 1), got {self.adam_betas!r}")
         self.adam_betas = tuple(check_in_range("adam_betas", b, 0.0, 1.0, high_open=True) for b in self.adam_betas)
         check_nonnegative("grad_clip", self.grad_clip)
         check_choice("precision", self.precision, ["fp32", "bf16"])
+        check_seed("seed", self.seed)
+        try:
+            torch.device(self.device)
+        except (RuntimeError, TypeError):
+            raise ValueError(f"device must name a torch device ('cpu', 'cuda', 'cuda:1', 'mps'), got {self.device!r}") from None
+        for flag in ("compile", "fast", "init_b_dec", "progress"):
+            if not isinstance(getattr(self, flag), bool):
+                raise TypeError(f"{flag} must be True or False, got {getattr(self, flag)!r}")
+        if self.checkpoint_path is not None and not isinstance(self.checkpoint_path, (str, Path)):
+            raise TypeError(f"checkpoint_path must be a str or Path, got {type(self.checkpoint_path).__name__}")
         check_nonnegative_int("resample_every", self.resample_every)
         check_positive_int("log_every", self.log_every)
         check_nonnegative_int("checkpoint_every", self.checkpoint_every)
@@ -86,9 +98,18 @@ def train(sae: SAE, source: ActivationSource, cfg: TrainConfig, *,
           callback: Callable[[int, dict[str, float], SAE], None] | None = None,
           resume: str | Path | None = None) -> TrainResult:
     """Train ``sae`` on batches from ``source``; resume from a checkpoint file if ``resume`` is given."""
+    if not isinstance(sae, SAE):
+        raise TypeError(f"sae must be an aen_mini SAE (make_sae), got {type(sae).__name__}")
+    if not isinstance(source, ActivationSource):
+        raise TypeError(f"source must be an ActivationSource (d_in, next_batch, state_dict, load_state_dict), "
+                        f"got {type(source).__name__}")
+    if not isinstance(cfg, TrainConfig):
+        raise TypeError(f"cfg must be a TrainConfig, got {type(cfg).__name__}")
     if source.d_in != sae.d_in:
         raise ValueError(f"source yields d_in={source.d_in} but the SAE expects d_in={sae.d_in}")
     device = torch.device(cfg.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={cfg.device!r} but CUDA is not available here; use device='cpu'")
     torch.manual_seed(cfg.seed)
     sae.to(device).train()
     optimizer = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=cfg.adam_betas)

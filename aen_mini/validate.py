@@ -25,6 +25,24 @@ def check_activations(x: Any, d_in: int | None = None, name: str = "x", check_fi
     return x
 
 
+def check_features(x: Any, size: int, name: str = "x") -> torch.Tensor:
+    """Return ``x`` if it is a floating tensor of shape (..., size): rows batched in any leading shape."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape (..., {size}), got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must have a floating dtype (float32, bfloat16, ...), got {x.dtype}")
+    if x.ndim == 0 or x.shape[-1] != size:
+        raise ValueError(f"{name} must have shape (..., {size}), got {tuple(x.shape)}")
+    return x
+
+
+def check_seed(name: str, value: Any) -> int:
+    """A seed torch.Generator.manual_seed accepts: an int in [0, 2**63)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63:
+        raise ValueError(f"{name} must be an integer in [0, 2**63), got {value!r}")
+    return value
+
+
 def check_positive_int(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")

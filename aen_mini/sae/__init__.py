@@ -20,7 +20,7 @@ def hyperparameter_names(variant: str) -> list[str]:
 
 
 def variant_class(variant: str) -> type[SAE]:
-    if variant not in VARIANTS:
+    if not isinstance(variant, str) or variant not in VARIANTS:
         raise ValueError(f"unknown SAE variant {variant!r}; choose one of {sorted(VARIANTS)}")
     return VARIANTS[variant]
 

@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from aen_mini.validate import check_activations, check_positive_int
+from aen_mini.validate import check_activations, check_features, check_positive_int, check_seed
 
 
 class StatReducer:
@@ -61,7 +61,7 @@ class SAE(nn.Module):
         self.d_in = check_positive_int("d_in", d_in)
         self.d_sae = check_positive_int("d_sae", d_sae)
         self.dead_after_tokens = check_positive_int("dead_after_tokens", dead_after_tokens)
-        self.seed = seed
+        self.seed = check_seed("seed", seed)
         g = torch.Generator().manual_seed(seed)
         atoms = torch.randn(d_in, d_sae, generator=g)
         atoms /= atoms.norm(dim=0, keepdim=True)
@@ -82,9 +82,13 @@ class SAE(nn.Module):
         return torch.relu(pre)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Codes (..., d_sae) of x (..., d_in); x is cast to the weights' dtype, as SAELens does."""
+        x = check_features(x, self.W_enc.shape[1], "x").to(self.W_enc.dtype)
         return self.activation(self.pre_activation(x))
 
     def decode(self, h: torch.Tensor) -> torch.Tensor:
+        # W_dec's width, not d_sae: a latent-sharded SAE decodes its own slice of the codes
+        h = check_features(h, self.W_dec.shape[1], "h").to(self.W_dec.dtype)
         return self.decode_atoms(h) + self.b_dec
 
     def decode_atoms(self, h: torch.Tensor) -> torch.Tensor:
@@ -102,7 +106,7 @@ class SAE(nn.Module):
 
     def loss(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Named loss terms for a batch; ``"loss"`` is their sum, the quantity that is minimised."""
-        check_activations(x, self.d_in, check_finite=False)
+        x = check_activations(x, self.d_in, check_finite=False).to(self.W_enc.dtype)
         pre = self.pre_activation(x)
         h = self.activation(pre)
         x_hat = self.decode(h)

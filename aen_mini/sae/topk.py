@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from aen_mini.sae.base import LOCAL_STATS, SAE, StatReducer
-from aen_mini.validate import check_nonnegative, check_nonnegative_int, check_positive_int
+from aen_mini.validate import check_in_range, check_nonnegative, check_nonnegative_int, check_positive_int
 
 
 def keep_top(pre: torch.Tensor, k: int) -> torch.Tensor:
@@ -62,15 +62,15 @@ class BatchTopK(TopK):
     def __init__(self, d_in: int, d_sae: int, k: int = 32, aux_k: int = 0, aux_coeff: float = 1 / 32,
                  threshold_momentum: float = 0.01, *, dead_after_tokens: int = 1_000_000, seed: int = 0) -> None:
         super().__init__(d_in, d_sae, k, aux_k, aux_coeff, dead_after_tokens=dead_after_tokens, seed=seed)
-        self.threshold_momentum = check_nonnegative("threshold_momentum", threshold_momentum)
+        self.threshold_momentum = check_in_range("threshold_momentum", threshold_momentum, 0.0, 1.0)
         self.register_buffer("threshold", torch.zeros(()))
 
     def activation(self, pre: torch.Tensor) -> torch.Tensor:
         if not self.training:
             return torch.where(pre > self.threshold, pre, torch.zeros_like(pre)).relu()
         flat = pre.flatten()
-        # k <= d_sae, so k * batch never exceeds the number of pre-activations
-        return self.keep_top(flat.unsqueeze(0), self.k * pre.shape[0]).view_as(pre)
+        # k <= d_sae, so k * rows never exceeds the number of pre-activations (rows: every leading axis)
+        return self.keep_top(flat.unsqueeze(0), self.k * (flat.numel() // pre.shape[-1])).view_as(pre)
 
     def update_state(self, h: torch.Tensor, stats: StatReducer = LOCAL_STATS) -> None:
         # smallest kept code (inf if none was kept), without a host sync that would stall the GPU
