@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from aen_mini.checkpoint import load_checkpoint, save_checkpoint
 from aen_mini.data.source import ActivationSource
+from aen_mini.fast import FastStep
 from aen_mini.resample import resample_dead_latents
 from aen_mini.sae import SAE
 from aen_mini.validate import (check_activations, check_choice, check_in_range, check_nonnegative,
@@ -40,6 +41,7 @@ class TrainConfig:
     device: str = "cpu"
     precision: str = "fp32"  # "bf16": autocast matmuls to bfloat16, weights and optimiser stay fp32
     compile: bool = False  # torch.compile the loss (CUDA)
+    fast: bool = False  # aen_mini.fast.FastStep (one process): matmuls in `precision`, fused Adam; compiled + CUDA graph on CUDA
     init_b_dec: bool = True  # b_dec <- mean of the first batch, so the SAE starts centred on the data
     resample_every: int = 0  # steps between dead-latent resamplings; 0: never
     log_every: int = 100
@@ -123,6 +125,9 @@ def train(sae: SAE, source: ActivationSource, cfg: TrainConfig, *,
             optimizer.load_state_dict(ckpt.optimizer_state)
         start, history = ckpt.train_state["step"], ckpt.train_state["history"]
         source.load_state_dict(ckpt.train_state["source"])
+    fast_step = None
+    if cfg.fast:
+        fast_step = FastStep(sae, optimizer, cfg.grad_clip, dtype=torch.bfloat16 if cfg.precision == "bf16" else torch.float32)
 
     loss_fn = torch.compile(sae.loss) if cfg.compile else sae.loss
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if cfg.precision == "bf16"
@@ -140,19 +145,23 @@ def train(sae: SAE, source: ActivationSource, cfg: TrainConfig, *,
         if step == 0 and cfg.init_b_dec:
             with torch.no_grad():
                 sae.b_dec.copy_(x.float().mean(0))
-        for group in optimizer.param_groups:
-            group["lr"] = cfg.lr_at(step)
-        with autocast:
-            terms = loss_fn(x)
+        if fast_step is not None:  # forward, backward, clipping, Adam and after_step in one call
+            terms = fast_step(x, cfg.lr_at(step))
+        else:
+            for group in optimizer.param_groups:
+                group["lr"] = cfg.lr_at(step)
+            with autocast:
+                terms = loss_fn(x)
         pending.append(terms["loss"].detach())
         if (step + 1) % check_every == 0 or step + 1 == cfg.steps:
             _raise_if_nonfinite(pending, step)
-        optimizer.zero_grad(set_to_none=True)
-        terms["loss"].backward()
-        if cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(sae.parameters(), cfg.grad_clip)
-        optimizer.step()
-        sae.after_step()
+        if fast_step is None:
+            optimizer.zero_grad(set_to_none=True)
+            terms["loss"].backward()
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(sae.parameters(), cfg.grad_clip)
+            optimizer.step()
+            sae.after_step()
         if cfg.resample_every and (step + 1) % cfg.resample_every == 0:
             resample_dead_latents(sae, x, optimizer, seed=cfg.seed * 1_000_003 + step)
 
