@@ -66,7 +66,7 @@ class SAE(nn.Module):
         atoms = torch.randn(d_in, d_sae, generator=g)
         atoms /= atoms.norm(dim=0, keepdim=True)
         self.W_dec = nn.Parameter(atoms)  # columns are the dictionary atoms
-        self.W_enc = nn.Parameter(atoms.T.clone())  # encoder starts as the decoder's transpose
+        self.W_enc = nn.Parameter(atoms.T.contiguous())  # the decoder's transpose, row-major: fused Adam reads flat memory
         self.b_enc = nn.Parameter(torch.zeros(d_sae))
         self.b_dec = nn.Parameter(torch.zeros(d_in))
         # Tokens seen since each latent last fired: the one dead-latent counter that the trainer,
