@@ -15,11 +15,12 @@ from typing import Any, Callable
 import torch
 from tqdm.auto import tqdm
 
-from aen_mini.checkpoint import load_checkpoint, save_checkpoint
+from aen_mini.checkpoint import load_checkpoint
 from aen_mini.data.source import ActivationSource
+from aen_mini.distributed import SingleProcess
 from aen_mini.fast import FastStep
-from aen_mini.resample import resample_dead_latents
 from aen_mini.sae import SAE
+from aen_mini.sae.base import StatReducer
 from aen_mini.validate import (check_activations, check_choice, check_in_range, check_nonnegative,
                                check_nonnegative_int, check_positive_int, check_seed)
 
@@ -98,8 +99,12 @@ def _train_state(step: int, source: ActivationSource, history: list[dict[str, fl
 
 def train(sae: SAE, source: ActivationSource, cfg: TrainConfig, *,
           callback: Callable[[int, dict[str, float], SAE], None] | None = None,
-          resume: str | Path | None = None) -> TrainResult:
-    """Train ``sae`` on batches from ``source``; resume from a checkpoint file if ``resume`` is given."""
+          resume: str | Path | None = None, parallel: SingleProcess | None = None) -> TrainResult:
+    """Train ``sae`` on batches from ``source``; resume from a checkpoint file if ``resume`` is given.
+
+    ``parallel``: None for one process, or a strategy from ``aen_mini.distributed`` (``DataParallel``,
+    ``LatentSharded``) under torchrun; then ``source`` is this rank's source, ``cfg.batch_size`` the global batch,
+    and the returned SAE this rank's model (the whole SAE, or its latent shard)."""
     if not isinstance(sae, SAE):
         raise TypeError(f"sae must be an aen_mini SAE (make_sae), got {type(sae).__name__}")
     if not isinstance(source, ActivationSource):
@@ -109,42 +114,46 @@ def train(sae: SAE, source: ActivationSource, cfg: TrainConfig, *,
         raise TypeError(f"cfg must be a TrainConfig, got {type(cfg).__name__}")
     if source.d_in != sae.d_in:
         raise ValueError(f"source yields d_in={source.d_in} but the SAE expects d_in={sae.d_in}")
+    parallel = parallel or SingleProcess()
     device = torch.device(cfg.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device={cfg.device!r} but CUDA is not available here; use device='cpu'")
     torch.manual_seed(cfg.seed)
-    sae.to(device).train()
-    optimizer = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=cfg.adam_betas)
-    start, history = 0, []
+    start, history, optimizer_state = 0, [], None
     if resume is not None:
-        ckpt = load_checkpoint(resume, device)
+        ckpt = load_checkpoint(resume)
         if ckpt.sae.config() != sae.config():
             raise ValueError(f"checkpoint {resume} holds a different SAE: {ckpt.sae.config()} vs {sae.config()}")
         sae.load_state_dict(ckpt.sae.state_dict())
-        if ckpt.optimizer_state is not None:
-            optimizer.load_state_dict(ckpt.optimizer_state)
+        optimizer_state = ckpt.optimizer_state
         start, history = ckpt.train_state["step"], ckpt.train_state["history"]
-        source.load_state_dict(ckpt.train_state["source"])
+        parallel.load_source_state(source, ckpt.train_state)
+    sae, loss_fn = parallel.prepare(sae, cfg)
+    optimizer = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=cfg.adam_betas)
+    if optimizer_state is not None:
+        optimizer.load_state_dict(parallel.local_optimizer_state(sae, optimizer_state))
     fast_step = None
     if cfg.fast:
+        if type(parallel) is not SingleProcess:
+            raise ValueError("fast=True trains in one process; drop it or the parallel strategy")
         fast_step = FastStep(sae, optimizer, cfg.grad_clip, dtype=torch.bfloat16 if cfg.precision == "bf16" else torch.float32)
 
-    loss_fn = torch.compile(sae.loss) if cfg.compile else sae.loss
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if cfg.precision == "bf16"
                 else contextlib.nullcontext())
     # On the CPU a per-step finiteness check is free; on a GPU it would stall the pipeline every step.
     check_every = 1 if device.type == "cpu" else cfg.log_every
     pending: list[torch.Tensor] = []
     t0, tokens_at_t0 = time.perf_counter(), start * cfg.batch_size
-    bar = tqdm(total=cfg.steps, initial=start, disable=not cfg.progress, unit="step", dynamic_ncols=True)
+    bar = tqdm(total=cfg.steps, initial=start, disable=not (cfg.progress and parallel.is_main), unit="step",
+               dynamic_ncols=True)
     for step in range(start, cfg.steps):
-        x = source.next_batch(cfg.batch_size)
+        x = parallel.next_batch(source, cfg.batch_size)
         if step == start:
             check_activations(x, sae.d_in, name="first training batch")
         x = x.to(device, non_blocking=True)
         if step == 0 and cfg.init_b_dec:
             with torch.no_grad():
-                sae.b_dec.copy_(x.float().mean(0))
+                sae.b_dec.copy_(parallel.stats.batch_mean(x.float().mean(0)))
         if fast_step is not None:  # forward, backward, clipping, Adam and after_step in one call
             terms = fast_step(x, cfg.lr_at(step))
         else:
@@ -159,24 +168,25 @@ def train(sae: SAE, source: ActivationSource, cfg: TrainConfig, *,
             optimizer.zero_grad(set_to_none=True)
             terms["loss"].backward()
             if cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_(sae.parameters(), cfg.grad_clip)
+                parallel.clip_grad_norm_(sae, cfg.grad_clip)
             optimizer.step()
-            sae.after_step()
+            sae.after_step(parallel.stats)
         if cfg.resample_every and (step + 1) % cfg.resample_every == 0:
-            resample_dead_latents(sae, x, optimizer, seed=cfg.seed * 1_000_003 + step)
+            parallel.resample(sae, x, optimizer, seed=cfg.seed * 1_000_003 + step)
 
         done = step + 1
         if done % cfg.log_every == 0 or done == cfg.steps:
             _raise_if_nonfinite(pending, step)
             elapsed = time.perf_counter() - t0
-            record = _log_record(sae, terms, done, cfg, (done * cfg.batch_size - tokens_at_t0) / max(elapsed, 1e-9))
+            record = _log_record(sae, terms, done, cfg, (done * cfg.batch_size - tokens_at_t0) / max(elapsed, 1e-9),
+                                 parallel.stats)
             history.append(record)
             bar.set_postfix(loss=f"{record['loss']:.4g}", l0=f"{record['l0']:.1f}",
                             dead=f"{record['dead_pct']:.1f}%", tok_s=f"{record['tokens_per_s']:.3g}")
-            if callback is not None:
+            if callback is not None and parallel.is_main:
                 callback(done, record, sae)
         if cfg.checkpoint_every and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
-            save_checkpoint(cfg.checkpoint_path, sae, optimizer, _train_state(done, source, history, cfg))
+            parallel.save_checkpoint(cfg.checkpoint_path, sae, optimizer, _train_state(done, source, history, cfg))
         bar.update(1)
     bar.close()
     return TrainResult(sae, history, time.perf_counter() - t0)
@@ -194,10 +204,12 @@ def _raise_if_nonfinite(pending: list[torch.Tensor], step: int) -> None:
                                  "updated with it (lower the learning rate or check the activations)")
 
 
-def _log_record(sae: SAE, terms: dict[str, torch.Tensor], step: int, cfg: TrainConfig, tokens_per_s: float) -> dict[str, float]:
+def _log_record(sae: SAE, terms: dict[str, torch.Tensor], step: int, cfg: TrainConfig, tokens_per_s: float,
+                reduce: StatReducer) -> dict[str, float]:
     h = sae._last_codes
-    stats = torch.stack([*(v.detach().float() for v in terms.values()),
-                         (h > 0).float().sum(-1).mean(), sae.dead_mask().float().mean() * 100]).tolist()
+    l0 = reduce.latent_sum((h > 0).float().sum(-1).mean())
+    stats = torch.cat([reduce.batch_mean(torch.stack([*(v.detach().float() for v in terms.values()), l0])),
+                       reduce.latent_mean(sae.dead_mask().float().mean() * 100).view(1)]).tolist()
     record = dict(zip([*terms.keys(), "l0", "dead_pct"], stats))
     record.update(step=step, tokens=step * cfg.batch_size, lr=cfg.lr_at(step - 1), tokens_per_s=tokens_per_s)
     return record
