@@ -32,7 +32,7 @@ from aen_mini.data.text import ContextFormat
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 TINY_NEOX_DIR = ASSETS / "tiny-neox"
-TINY_NEOX_BUILD_COMMAND = 'python -c "from aen_mini.tiny_lm import train_tiny_lm; train_tiny_lm(\'aen_mini/assets/tiny-neox\', steps=600, device=\'cuda\')"'
+TINY_NEOX_BUILD_COMMAND = 'python -c "from aen_mini.tiny_lm import train_tiny_lm; train_tiny_lm(\'aen_mini/assets/tiny-neox\', steps=800, device=\'cuda\')"'
 
 # The published config.json of EleutherAI/pythia-70m-deduped (keys as there; transformers 5 maps
 # rotary_pct / rotary_emb_base to rope_parameters).

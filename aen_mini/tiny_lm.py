@@ -1,7 +1,7 @@
 """The tiny-neox language model: a byte-level BPE tokenizer and a 4M-parameter GPT-NeoX, both trained here
 on the offline corpus, so that the book has a *trained* causal model without the Hugging Face hub.
 
-    train_tiny_lm("aen_mini/assets/tiny-neox", steps=600, device="cuda")    # ~10 s on an H100
+    train_tiny_lm("aen_mini/assets/tiny-neox", steps=800, device="cuda")    # ~15 s on an H100
     train_tiny_lm("/tmp/tiny", steps=20, device="cpu")                        # smoke size
 
 The folder then holds ``model.safetensors`` (float16, ~8 MB), ``config.json``, the tokenizer files and
@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import platform
 import time
 from pathlib import Path
 from typing import Any
@@ -74,13 +75,14 @@ def _mean_loss(model: Any, tokens: torch.Tensor, attention: torch.Tensor, batch_
     return total / count
 
 
-def train_tiny_lm(out_dir: str | os.PathLike, steps: int = 3000, device: str | torch.device = "cpu", *,
+def train_tiny_lm(out_dir: str | os.PathLike, steps: int = 800, device: str | torch.device = "cpu", *,
                   corpus: Any = BUILTIN_CORPUS, ctx_len: int = 128, batch_size: int = 32, lr: float = 1e-3,
-                  val_fraction: float = 0.05, dropout: float = 0.0, eval_every: int = 0, seed: int = 0) -> dict[str, Any]:
+                  val_fraction: float = 0.05, dropout: float = 0.1, eval_every: int = 0, seed: int = 0) -> dict[str, Any]:
     """Train tiny-neox next-token prediction on ``corpus`` and save it (float16) with its tokenizer to ``out_dir``.
 
     The stdlib corpus is small (~0.4M tokens): a step sees 32 x 128 tokens, so 1000 steps are ~10 epochs and
-    the held-out loss starts rising well before that. ``eval_every`` (default: 10 evaluations per run) records
+    the held-out loss starts rising well before that (on an H100, 2000 steps: best held-out loss 4.89 at step
+    400 without dropout, 4.82 at step 700 with dropout 0.1, hence the defaults). ``eval_every`` (default: 10 evaluations per run) records
     the held-out curve in the returned record, which is also written to ``training.json``.
     """
     from transformers import AutoTokenizer, GPTNeoXConfig, GPTNeoXForCausalLM
@@ -130,6 +132,7 @@ def train_tiny_lm(out_dir: str | os.PathLike, steps: int = 3000, device: str | t
         "final_train_loss": sum(losses[-20:]) / len(losses[-20:]),
         "dropout": dropout, "val_loss": val_curve[-1][1], "val_curve": val_curve,
         "seconds": round(time.time() - start, 1), "device": str(device),
+        "python": platform.python_version(),  # the stdlib corpus differs between Python versions
     }
     model.half().save_pretrained(str(out), safe_serialization=True)
     (out / "training.json").write_text(json.dumps(record, indent=2) + "\n")
