@@ -21,6 +21,8 @@ Exercises so far (chapter: name -> student signature):
     2: elastic_net_prox(z, l1, l2) -> h, elementwise argmin_{h>=0} 1/2 (h - z)^2 + l1 h + l2 h^2
     2: lipschitz_bound(D, l2) -> float
     2: adaptive_weights(a, gamma, ref_pct) -> w
+    3: dead_fraction(h) -> float, share of latents that never fire on a batch of codes
+    4: warmup_ramp(step, warmup_start, warmup_steps) -> float, the AEN-SAE's reweighting ramp r(t)
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor
 
+from aen_mini.metrics import dead_fraction
 from aen_mini.sae import make_sae
 from aen_mini.sae.adaptive import AdaptiveL1Weights
 from aen_mini.solve import lipschitz_bound, solve_sparse_codes
@@ -319,3 +322,55 @@ def check_adaptive_weights(fn: Callable[..., Any]) -> Feedback:
         return None
 
     return _run_cases(fn, cases, lambda got, exp: _mismatch("w", got, exp), hint)
+
+
+# --- chapter 3 ---------------------------------------------------------------------------------------------
+@exercise("dead_fraction")
+def check_dead_fraction(fn: Callable[..., Any]) -> Feedback:
+    """fn(h (B, m)) -> float in [0, 1]: the share of latents that are zero on every row of the batch."""
+    g = _gen(400)
+    sparse = torch.relu(torch.randn(6, 10, generator=g) - 1.0)
+    sparse[:, [2, 5, 7]] = 0.0
+    cases = [(f"codes of shape {tuple(h.shape)}", (h,), torch.tensor(dead_fraction(h), dtype=torch.float64))
+             for h in (sparse, torch.zeros(3, 4), torch.eye(4)[:2], torch.relu(torch.randn(50, 8, generator=g)))]
+
+    def hint(args: tuple[Any, ...], got: Any) -> str | None:
+        (h,) = args
+        silent = (h == 0).all(dim=0).double()
+        if _matches(got, silent.sum()):
+            return "return the fraction of latents (divide by m), not their number."
+        if _matches(got, 100 * silent.mean()):
+            return "return a fraction in [0, 1], not a percentage."
+        if _matches(got, (h == 0).any(dim=0).double().mean()):
+            return "a latent is dead when it is zero on every row, not on some row: use .all(dim=0)."
+        if _matches(got, (h == 0).double().mean()):
+            return "count latents (columns), not entries: a latent is dead when its whole column is zero."
+        return None
+
+    return _run_cases(fn, cases, lambda got, exp: _mismatch("the dead fraction", got, exp), hint)
+
+
+# --- chapter 4 ---------------------------------------------------------------------------------------------
+@exercise("warmup_ramp")
+def check_warmup_ramp(fn: Callable[..., Any]) -> Feedback:
+    """fn(step, warmup_start, warmup_steps) -> float: r = clip((step - start) / steps, 0, 1); with
+    warmup_steps = 0, r jumps from 0 to 1 at warmup_start."""
+    cases = []
+    for step, start, steps in [(0, 10, 20), (10, 10, 20), (15, 10, 20), (30, 10, 20), (45, 10, 20), (4, 5, 0),
+                               (5, 5, 0), (7, 0, 3)]:
+        rule = AdaptiveL1Weights(4, 1.0, ema_beta=0.9, ref_pct=0.25, warmup_start=start, warmup_steps=steps)
+        rule.step.fill_(step)
+        cases.append((f"step={step}, warmup_start={start}, warmup_steps={steps}", (step, start, steps),
+                      rule.ramp().double()))
+
+    def hint(args: tuple[Any, ...], got: Any) -> str | None:
+        step, start, steps = args
+        if steps == 0:
+            return "with warmup_steps = 0 the ramp is a step: 0 before warmup_start, 1 from it on."
+        if _matches(got, torch.tensor((step - start) / steps, dtype=torch.float64)):
+            return "clip the ramp to [0, 1]: it is 0 before the warm-up and stays 1 after it."
+        if _matches(got, torch.tensor(min(max(step / (start + steps), 0.0), 1.0), dtype=torch.float64)):
+            return "the ramp starts at warmup_start: r = (step - warmup_start) / warmup_steps."
+        return None
+
+    return _run_cases(fn, cases, lambda got, exp: _mismatch("r", got, exp), hint)

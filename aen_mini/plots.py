@@ -15,6 +15,7 @@ from matplotlib.axes import Axes
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
+from matplotlib.ticker import NullFormatter, ScalarFormatter
 from torch import Tensor
 
 from aen_mini.geometry import ActivationRegions, CodePath
@@ -26,6 +27,10 @@ __all__ = [
     "plot_code_paths",
     "plot_lipschitz",
     "plot_training_curves",
+    "plot_rho_sweep",
+    "plot_weight_trajectories",
+    "plot_code_magnitudes",
+    "plot_weights_vs_usage",
 ]
 
 CURVE_LABELS = {
@@ -176,4 +181,117 @@ def plot_lipschitz(
     if title:
         ax.set_title(title)
     ax.legend(fontsize="small")
+    return fig
+
+
+# --- chapters 3-4: the synthetic starvation sweep and adaptive reweighting -------------------------------
+SWEEP_LABELS = {
+    "dead_pct": "dead latents (%)",
+    "ev": "explained variance",
+    "l0": "L0 (active latents per input)",
+    "support_f1": "support F1",
+    "shrinkage": "shrinkage ratio",
+    "dict_recovery": "atoms recovered (cos ≥ 0.9)",
+    "recovery_mean_cos": "mean matched cosine",
+}
+
+
+def _log_axis(axis) -> None:
+    """Log scale with plain-number labels (weights span 0.01 to 10, where 2 reads better than 2 x 10^0)."""
+    axis.axes.set_yscale("log") if axis is axis.axes.yaxis else axis.axes.set_xscale("log")
+    axis.set_major_formatter(ScalarFormatter())
+    axis.set_minor_formatter(NullFormatter())
+
+
+def plot_rho_sweep(summary: Sequence[Mapping[str, float]], metrics: Sequence[str] = ("dead_pct", "ev", "support_f1"),
+                   methods: Sequence[str] | None = None) -> Figure:
+    """One panel per metric against rho, one line per method: the mean over seeds, with bars from the lowest to
+    the highest seed (a standard deviation would hide a split between seeds that collapsed and seeds that did not).
+
+    `summary` holds rows of aen_mini.sweep.summarise: "method", "label", "rho", "<metric>_mean", "_min", "_max".
+    """
+    rows = list(summary)
+    if not rows:
+        raise ValueError("summary must hold at least one row")
+    missing = [f"{m}_mean" for m in metrics if f"{m}_mean" not in rows[0]]
+    if missing:
+        raise ValueError(f"summary rows have no {missing}; summarise the records with these metrics")
+    methods = list(methods) if methods is not None else list(dict.fromkeys(r["method"] for r in rows))
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.8 * len(metrics), 3.2), constrained_layout=True, squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        for method in methods:
+            line = sorted((r for r in rows if r["method"] == method), key=lambda r: r["rho"])
+            if not line:
+                continue
+            rho = [r["rho"] for r in line]
+            mean = [r[f"{metric}_mean"] for r in line]
+            spread = [[m - r[f"{metric}_min"] for m, r in zip(mean, line)],
+                      [r[f"{metric}_max"] - m for m, r in zip(mean, line)]]
+            ax.errorbar(rho, mean, yerr=spread, marker="o", ms=3, capsize=2, label=line[0]["label"])
+        ax.set_xlabel("coherence ρ")
+        ax.set_title(SWEEP_LABELS.get(metric, metric))
+    axes[0, -1].legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return fig
+
+
+def plot_weight_trajectories(steps: Sequence[int], weights: Tensor, warmup: tuple[int, int] | None = None,
+                             quantiles: Sequence[float] = (0.05, 0.25, 0.5, 0.75, 0.95)) -> Figure:
+    """Quantiles over latents of the effective L1 weights w~ (T, d_sae) at each recorded step, with the
+    warm-up window (start step, end step) shaded."""
+    if weights.ndim != 2 or weights.shape[0] != len(steps):
+        raise ValueError(f"weights must be (len(steps), d_sae) = ({len(steps)}, d_sae), got {tuple(weights.shape)}")
+    fig, ax = plt.subplots(figsize=(6, 3.4), constrained_layout=True)
+    levels = torch.quantile(weights.double(), torch.tensor(list(quantiles), dtype=torch.float64), dim=1)
+    for q, values in zip(quantiles, levels):
+        ax.plot(list(steps), values.tolist(), label=f"{q:.0%} of latents below")
+    if warmup is not None:
+        ax.axvspan(*warmup, color="0.9", label="warm-up ramp")
+    ax.axhline(1.0, color="k", lw=0.8, ls=":")
+    _log_axis(ax.yaxis)
+    ax.set_xlabel("step")
+    ax.set_ylabel("effective L1 weight $\\tilde w_j$")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return fig
+
+
+def plot_code_magnitudes(pairs: Mapping[str, tuple[Tensor, Tensor]], max_points: int = 3000) -> Figure:
+    """One panel per method: learned code against the true magnitude for active (sample, atom) pairs, with the
+    least-squares slope through the origin (1 = no shrinkage) and the identity line."""
+    if not pairs:
+        raise ValueError("pairs must hold at least one (true, learned) pair of tensors")
+    fig, axes = plt.subplots(1, len(pairs), figsize=(3.4 * len(pairs), 3.2), sharex=True, sharey=True,
+                             constrained_layout=True, squeeze=False)
+    for ax, (name, (true, learned)) in zip(axes[0], pairs.items()):
+        true, learned = true.double().flatten(), learned.double().flatten()
+        if true.shape != learned.shape or true.numel() == 0:
+            raise ValueError(f"{name}: true and learned must be non-empty and of one length")
+        slope = (true @ learned / (true @ true)).item()
+        keep = torch.linspace(0, true.numel() - 1, min(max_points, true.numel())).long()
+        ax.scatter(true[keep].numpy(), learned[keep].numpy(), s=3, alpha=0.3)
+        top = true.max().item()
+        ax.plot([0, top], [0, top], "k:", lw=1, label="no shrinkage")
+        ax.plot([0, top], [0, slope * top], "r-", lw=1, label=f"slope {slope:.2f}")
+        ax.set_title(name)
+        ax.set_xlabel("true magnitude")
+        ax.legend(fontsize="small")
+    axes[0, 0].set_ylabel("learned code")
+    return fig
+
+
+def plot_weights_vs_usage(usage: Tensor, weights: Tensor, matched_cos: Tensor, title: str | None = None) -> Figure:
+    """Each latent's final effective L1 weight against its running mean activation (log-log), coloured by the
+    cosine of its atom with the true atom it is matched to: spurious latents sit at the high-weight end."""
+    if not usage.shape == weights.shape == matched_cos.shape or usage.ndim != 1:
+        raise ValueError("usage, weights and matched_cos must be 1-D tensors of one length (d_sae)")
+    fig, ax = plt.subplots(figsize=(5, 3.6), constrained_layout=True)
+    points = ax.scatter(usage.clamp_min(1e-6).double().numpy(), weights.double().numpy(), c=matched_cos.double().numpy(),
+                        cmap="viridis", s=8, vmin=0, vmax=1)
+    fig.colorbar(points, ax=ax, label="cosine with matched true atom")
+    ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels of a short log range overlap
+    _log_axis(ax.yaxis)
+    ax.set_xlabel("EMA of mean $|h_j|$ (usage $a_j$)")
+    ax.set_ylabel("effective L1 weight $\\tilde w_j$")
+    if title:
+        ax.set_title(title)
     return fig

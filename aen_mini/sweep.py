@@ -28,17 +28,16 @@ from typing import Any, Callable, Iterable
 import torch
 from tqdm.auto import tqdm
 
-from aen_mini import __version__
 from aen_mini.atomic import atomic_write_text
 from aen_mini.data.source import TensorSource
 from aen_mini.data.synthetic import SpikedSource
-from aen_mini.metrics import evaluate, l0
+from aen_mini.metrics import dictionary_recovery, evaluate, l0
 from aen_mini.sae import SAE, make_sae
 from aen_mini.train import TrainConfig, train
 from aen_mini.validate import check_choice, check_positive_int
 
 __all__ = ["Method", "METHODS", "SweepSize", "SIZES", "RHOS", "build_sae", "training_source", "held_out",
-           "train_method", "calibrate_l1", "run_synthetic_sweep", "summarise", "markdown_table", "claim_check",
+           "train_method", "calibrate_l1", "train_calibrated", "matched_code_pairs", "latent_matched_cos", "run_synthetic_sweep", "summarise", "markdown_table", "claim_check",
            "claim_statement", "write_results", "load_results", "report_markdown", "main"]
 
 
@@ -259,6 +258,52 @@ def _record(method: Method, size: SweepSize, rho: float, seed: int, sae: SAE, hi
     }
 
 
+def train_calibrated(method: str | Method, rho: float, size: str | SweepSize = "ci", seed: int = 0, device: str = "cpu",
+                     callback: Callable[[int, dict[str, float], SAE], None] | None = None) -> tuple[SAE, dict[str, Any]]:
+    """Calibrate l1 for (method, rho) on this seed's data, train one SAE, and score it: (sae, record).
+
+    ``callback(step, record, sae)`` is passed to the trainer for the final run (not the calibration runs).
+    """
+    method, size = _method(method), _size(size)
+    pool = training_source(size, rho, seed, device)
+    calibration = calibrate_l1(method, rho, size=size, device=device, seed=seed, pool=pool)
+    sae, history, wall_s = train_method(method, size, pool[1], calibration["l1_coeff"] or 0.0, seed, device=device,
+                                        callback=callback)
+    return sae, _record(method, size, rho, seed, sae, history, wall_s, calibration, pool[0], device)
+
+
+def matched_code_pairs(sae: SAE, rho: float, size: str | SweepSize = "ci", seed: int = 0,
+                       device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """(true magnitudes, learned codes) on held-out data for every (sample, true atom) with the atom active,
+    reading the learned latent that the Hungarian matching pairs with that atom (1-D float64 tensors, CPU).
+
+    A slope below 1 of learned against true is shrinkage; learned codes of exactly 0 are missed atoms.
+    """
+    size = _size(size)
+    source = SpikedSource(n=size.n, m=size.m, k=size.k, rho=rho, magnitude=size.magnitude, seed=seed)
+    x, codes = held_out(source, size, device)
+    matching = dictionary_recovery(source.dictionary.to(device), sae.W_dec.detach())["matching"]
+    with torch.no_grad():
+        h = sae.encode(x)
+    matched = matching >= 0
+    true = codes[:, matched].double().cpu()
+    learned = h[:, matching[matched].to(h.device)].double().cpu()
+    active = true != 0
+    return true[active], learned[active]
+
+
+def latent_matched_cos(sae: SAE, rho: float, size: str | SweepSize = "ci", seed: int = 0) -> torch.Tensor:
+    """Per learned latent (d_sae,), the cosine of its atom with the true atom the Hungarian matching pairs it
+    with; 0 for latents matched to no true atom (CPU, float64)."""
+    size = _size(size)
+    source = SpikedSource(n=size.n, m=size.m, k=size.k, rho=rho, magnitude=size.magnitude, seed=seed)
+    recovery = dictionary_recovery(source.dictionary, sae.W_dec.detach().cpu())
+    cos = torch.zeros(sae.d_sae, dtype=torch.float64)
+    matched = recovery["matching"] >= 0
+    cos[recovery["matching"][matched]] = recovery["matched_cos"][matched]
+    return cos
+
+
 def _sweep_rho(methods: list[Method], rho: float, seeds: list[int], size: SweepSize, device: str,
                advance: Callable[[int], Any], threads: int | None = None) -> list[dict[str, Any]]:
     """Calibrate every method on seed 0's data at this rho, then train each (method, seed); ``advance(steps)``
@@ -337,7 +382,8 @@ TABLE_METRICS = ("dead_pct", "l0", "ev", "shrinkage", "support_f1", "dict_recove
 
 
 def summarise(records: list[dict[str, Any]], metrics: Iterable[str] = TABLE_METRICS) -> list[dict[str, Any]]:
-    """Mean and (sample) standard deviation over seeds per (method, rho): keys ``<metric>_mean``, ``<metric>_std``."""
+    """Mean, (sample) standard deviation, min and max over seeds per (method, rho): keys ``<metric>_mean``,
+    ``<metric>_std``, ``<metric>_min``, ``<metric>_max``."""
     metrics = list(metrics)
     groups: dict[tuple[str, float], list[dict]] = {}
     for r in records:
@@ -350,6 +396,7 @@ def summarise(records: list[dict[str, Any]], metrics: Iterable[str] = TABLE_METR
             values = torch.tensor([float(r[metric]) for r in group], dtype=torch.float64)
             row[f"{metric}_mean"] = values.mean().item()
             row[f"{metric}_std"] = values.std().item() if len(group) > 1 else 0.0
+            row[f"{metric}_min"], row[f"{metric}_max"] = values.min().item(), values.max().item()
         rows.append(row)
     return rows
 
@@ -409,7 +456,7 @@ def run_metadata(size: str | SweepSize, device: str, argv: list[str], workers: i
     import scipy
     size_name = size if isinstance(size, str) else "custom"
     gpu = torch.cuda.get_device_name() if device.startswith("cuda") and torch.cuda.is_available() else None
-    return {"command": " ".join(argv), "aen_mini_version": __version__, "git_commit": _git_commit(),
+    return {"command": " ".join(argv), "aen_mini_version": _package_version(), "git_commit": _git_commit(),
             "torch": torch.__version__, "numpy": numpy.__version__, "scipy": scipy.__version__,
             "python": platform.python_version(), "device": device, "gpu": gpu, "cpu_threads": torch.get_num_threads(),
             "workers": workers, "size": size_name, "sizes": asdict(_size(size)),
@@ -417,6 +464,17 @@ def run_metadata(size: str | SweepSize, device: str, argv: list[str], workers: i
             "adaptive": {"gamma": GAMMA, "ema_beta": EMA_BETA, "ref_pct": REF_PCT,
                          "warmup_start_frac": WARMUP_START_FRAC, "warmup_frac": WARMUP_FRAC},
             "l2_ratio": {m.name: m.l2_ratio for m in METHODS.values()}}
+
+
+def _package_version() -> str | None:
+    # An editable install can expose aen_mini as a namespace package without __version__; then ask the metadata.
+    import importlib.metadata
+
+    import aen_mini
+    try:
+        return getattr(aen_mini, "__version__", None) or importlib.metadata.version("aen-mini")
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def _git_commit() -> str | None:

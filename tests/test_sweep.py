@@ -59,6 +59,7 @@ def test_summary_is_the_mean_and_sample_std_over_seeds():
     rows = sweep.summarise([_fake("aen", 0.9, 0, 1.0, 0.5), _fake("aen", 0.9, 1, 3.0, 0.7)], ("dead_pct", "ev"))
     assert rows[0]["dead_pct_mean"] == 2.0 and math.isclose(rows[0]["dead_pct_std"], math.sqrt(2))
     assert math.isclose(rows[0]["ev_mean"], 0.6)
+    assert (rows[0]["dead_pct_min"], rows[0]["dead_pct_max"]) == (1.0, 3.0)
 
 
 @pytest.mark.parametrize("aen_dead, aen_ev, reproduced", [(0.5, 0.80, True), (4.5, 0.80, False), (0.5, 0.60, False)])
