@@ -16,6 +16,7 @@ from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import NullFormatter, ScalarFormatter
+from matplotlib.ticker import NullFormatter, ScalarFormatter
 from torch import Tensor
 
 from aen_mini.geometry import ActivationRegions, CodePath
@@ -31,6 +32,8 @@ __all__ = [
     "plot_weight_trajectories",
     "plot_code_magnitudes",
     "plot_weights_vs_usage",
+    "plot_histogram",
+    "plot_matched_l0",
 ]
 
 CURVE_LABELS = {
@@ -294,4 +297,47 @@ def plot_weights_vs_usage(usage: Tensor, weights: Tensor, matched_cos: Tensor, t
     ax.set_ylabel("effective L1 weight $\\tilde w_j$")
     if title:
         ax.set_title(title)
+    return fig
+
+
+def plot_histogram(hist: Mapping[str, object], title: str, ax: Axes | None = None) -> Figure:
+    """A histogram given as counts and bin edges (``aen_mini.features.density_histogram`` /
+    ``activation_histogram``); a density histogram's never-firing latents are noted in the legend."""
+    edges, counts = list(hist["edges"]), list(hist["counts"])
+    if len(edges) != len(counts) + 1 or not counts:
+        raise ValueError(f"a histogram needs len(edges) == len(counts) + 1 >= 2, got {len(edges)} and {len(counts)}")
+    fig, ax = _axes(ax, (5, 3))
+    label = f"{hist['dead']} latents never fired" if "dead" in hist else None
+    ax.stairs(counts, edges, fill=True, alpha=0.7, label=label)
+    ax.set_xlabel(str(hist.get("xlabel", "")))
+    ax.set_ylabel(str(hist.get("ylabel", "count")))
+    ax.set_title(title, fontsize="medium")
+    if label:
+        ax.legend(fontsize="small")
+    return fig
+
+
+MATCHED_L0_LABELS = {"dead_pct": "dead latents (%)", "ev": "explained variance",
+                     "ce_recovered_zero": "CE recovered (zero ablation)", "kl_sae": "KL to clean (nats)",
+                     "embedding_recovered_zero": "embedding recovered (zero abl.)"}
+
+
+def plot_matched_l0(rows: Sequence[Mapping[str, object]], metrics: Sequence[str], title: str) -> Figure:
+    """One panel per metric against L0, one line per SAE variant (``label``), from rows such as those of
+    ``benchmarks/llm.py``: SAEs compared at matched sparsity."""
+    if not rows:
+        raise ValueError("plot_matched_l0 needs at least one row")
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.6 * len(metrics), 3), constrained_layout=True, squeeze=False)
+    labels = list(dict.fromkeys(str(r["label"]) for r in rows))
+    for ax, metric in zip(axes[0], metrics):
+        for label in labels:
+            points = sorted((float(r["l0"]), float(r[metric])) for r in rows if r["label"] == label)
+            ax.plot(*zip(*points), "o-", label=label)
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel("L0 (held out)")
+        ax.set_title(MATCHED_L0_LABELS.get(metric, metric.replace("_", " ")))
+    axes[0, -1].legend(fontsize="small")
+    fig.suptitle(title, fontsize="medium")
     return fig
