@@ -29,6 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from aen_mini.atomic import atomic_write_text
+from aen_mini.calibrate import search_l1
 from aen_mini.data.source import TensorSource
 from aen_mini.data.synthetic import SpikedSource
 from aen_mini.metrics import dictionary_recovery, evaluate, l0
@@ -210,36 +211,16 @@ def calibrate_l1(method: str | Method, rho: float, target_l0: float | None = Non
     x_eval, _ = held_out(source, size, device)
     # A first guess on the scale of a typical atom's share of the signal, ||x|| / sqrt(k).
     l1 = l1_start if l1_start is not None else 0.5 * x_eval.norm(dim=1).mean().item() / math.sqrt(size.k)
-    low = high = None  # trials whose L0 is above / below the target
-    history: list[dict[str, float]] = []
-    for _ in range(trials):
-        sae, _, _ = train_method(method, size, train_pool, l1, seed, steps=size.calib_steps, device=device)
-        trial = {"l1_coeff": l1, "l0": _held_out_l0(sae, x_eval)}
-        history.append(trial)
+
+    def measure(l1_coeff: float) -> float:
+        sae, _, _ = train_method(method, size, train_pool, l1_coeff, seed, steps=size.calib_steps, device=device)
+        measured = _held_out_l0(sae, x_eval)
         if on_trial is not None:
-            on_trial(trial)
-        if abs(trial["l0"] / target - 1) <= rel_tol:
-            break
-        if trial["l0"] > target:
-            low = trial
-        else:
-            high = trial
-        l1 = _next_l1(low, high, target)
-    best = min(history, key=lambda t: abs(math.log(max(t["l0"], 1e-3) / target)))
-    return {**best, "trials": history}
+            on_trial({"l1_coeff": l1_coeff, "l0": measured})
+        return measured
 
-
-def _next_l1(low: dict | None, high: dict | None, target: float) -> float:
-    """Expand by 4x until bracketed; then interpolate log L0 linearly in log l1, kept inside the middle
-    60% of the bracket so that a curved L0(l1) cannot stall the search at one end."""
-    if high is None:
-        return low["l1_coeff"] * 4
-    if low is None:
-        return high["l1_coeff"] / 4
-    a, b = math.log(low["l1_coeff"]), math.log(high["l1_coeff"])
-    fa, fb = (math.log(max(t["l0"], 1e-3) / target) for t in (low, high))
-    t = fa / (fa - fb) if fa != fb else 0.5
-    return math.exp(a + min(max(t, 0.2), 0.8) * (b - a))
+    found = search_l1(measure, target, l1, trials=trials, rel_tol=rel_tol)
+    return {"l1_coeff": found["l1_coeff"], "l0": found["l0"], "trials": found["trials"]}
 
 
 def _record(method: Method, size: SweepSize, rho: float, seed: int, sae: SAE, history: list[dict], wall_s: float,
