@@ -35,7 +35,9 @@ from aen_mini.fast import FastStep
 from aen_mini.sae import make_sae
 from aen_mini.train import TrainConfig, train
 
-SECTIONS = ("env", "roofline", "step", "numerics", "e2e", "harvest", "ablation")
+SECTIONS = ("env", "roofline", "step", "profile", "numerics", "e2e", "harvest", "ablation")
+STEP_IMPLS = ("fast", "fast_autotune", "eager_fp32")
+AUTOTUNE_MODE = "max-autotune-no-cudagraphs"
 SHAPES = ((512, 4096), (512, 16384), (4096, 131072))
 # One set of hyperparameters for every section: torch.compile bakes them into the graph, so the numerics and e2e
 # runs at d=512, m=4096 reuse the step section's compiled kernels (inductor's cache). Speed does not depend on them.
@@ -170,8 +172,8 @@ def random_batch(batch: int, d: int, device: torch.device, seed: int = 0) -> tor
 
 def time_step(impl: str, variant: str, d: int, m: int, batch: int, device: torch.device, steps: int,
               warmup: int) -> dict[str, Any]:
-    """Tokens/s of one implementation of the training step ("eager_fp32", "eager_bf16", "fast", "fast_nocompile",
-    "fast_nograph")."""
+    """Tokens/s of one implementation of the training step ("eager_fp32", "eager_bf16", "fast", "fast_autotune"
+    (inductor's max-autotune), "fast_nocompile", "fast_nograph")."""
     reset_memory(device)
     reset_compiler()
     sae = make_sae(variant, d, m, **STEP_VARIANTS[variant]).to(device)
@@ -186,7 +188,8 @@ def time_step(impl: str, variant: str, d: int, m: int, batch: int, device: torch
     else:
         on_cuda = device.type == "cuda"
         fast = FastStep(sae, optimizer, 1.0, compile=on_cuda and impl != "fast_nocompile",
-                        cuda_graph=on_cuda and impl != "fast_nograph")
+                        cuda_graph=on_cuda and impl != "fast_nograph",
+                        compile_mode=AUTOTUNE_MODE if impl == "fast_autotune" and on_cuda else None)
         calls = iter(range(10**9))
         step = lambda: fast(xs[next(calls) % 2], 1e-3)  # noqa: E731
         describe = None
@@ -218,12 +221,12 @@ def section_step(args: argparse.Namespace, device: torch.device, results: dict[s
     for d, m in shapes:
         big = d * m >= 2**28
         for variant in STEP_VARIANTS:
-            for impl in ("fast", "eager_fp32"):
+            for impl in args.step_impls:
                 key = {"impl": impl, "variant": variant, "d": d, "m": m}
                 if time.perf_counter() > deadline:
                     rows.append({**key, "skipped": "time budget of this run spent"})
                     continue
-                steps = (3 if big else 20) if impl == "eager_fp32" else (10 if big else 100)
+                steps = (3 if big else 20) if impl == "eager_fp32" else (10 if big else 200)
                 if args.quick:
                     steps = max(2, steps // 2)
                 warmup = 2 if impl == "eager_fp32" else 6
@@ -239,11 +242,70 @@ def section_step(args: argparse.Namespace, device: torch.device, results: dict[s
                 print(_row_line(rows[-1]), flush=True)
                 save()
     for row in rows:  # speed-up of the fast path over the fp32 baseline, same run
-        if row.get("impl") == "fast" and "tokens_per_s" in row:
+        if row.get("impl", "").startswith("fast") and "tokens_per_s" in row:
             base = [r for r in rows if r.get("impl") == "eager_fp32" and r["variant"] == row["variant"]
                     and r["d"] == row["d"] and r["m"] == row["m"] and "tokens_per_s" in r]
             if base:
                 row["speedup_vs_eager_fp32"] = row["tokens_per_s"] / base[0]["tokens_per_s"]
+    return out
+
+
+KERNEL_KINDS = (  # how a CUDA kernel's name says what it is (first match wins)
+    ("matmul", ("gemm", "cutlass", "nvjet", "xmma", "gemv", "sm90_", "triton_tem")),
+    ("topk/sort/scatter", ("topk", "radix", "sort", "scatter", "gather", "bitonic")),
+    ("optimizer", ("adam", "multi_tensor", "foreach")),
+    ("elementwise/reduction (inductor)", ("triton_",)),
+)
+
+
+def kernel_kind(name: str) -> str:
+    low = name.lower()
+    return next((kind for kind, keys in KERNEL_KINDS if any(k in low for k in keys)), "other")
+
+
+def section_profile(args: argparse.Namespace, device: torch.device, results: dict[str, Any], save: Callable[[], None],
+                    deadline: float) -> dict[str, Any]:
+    """torch.profiler over a few fast steps (compiled, without the CUDA graph so every kernel is visible; the
+    graph replays the same kernels): GPU time per kernel, grouped into matmul / elementwise / other."""
+    from torch.profiler import ProfilerActivity, profile
+
+    variant, (d, m) = args.profile_variant, args.profile_shape
+    reset_memory(device)
+    reset_compiler()
+    sae = make_sae(variant, d, m, **STEP_VARIANTS[variant]).to(device)
+    fast = FastStep(sae, torch.optim.Adam(sae.parameters(), lr=1e-3), 1.0, cuda_graph=False)
+    x = random_batch(args.batch, d, device)
+    for _ in range(6):
+        fast(x, 1e-3)
+    steps = 10
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            fast(x, 1e-3)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    kernels: dict[str, list[float]] = {}
+    for ev in prof.events():
+        if ev.device_type == torch.autograd.DeviceType.CUDA:
+            kernels.setdefault(ev.name, []).append(ev.device_time / 1e3)  # ms
+    rows = sorted(({"kernel": k, "kind": kernel_kind(k), "calls_per_step": len(v) / steps, "ms_per_step": sum(v) / steps}
+                   for k, v in kernels.items()), key=lambda r: -r["ms_per_step"])
+    by_kind: dict[str, float] = {}
+    for r in rows:
+        by_kind[r["kind"]] = by_kind.get(r["kind"], 0.0) + r["ms_per_step"]
+    out = {"variant": variant, "d": d, "m": m, "batch": args.batch, "steps": steps, "describe": fast.describe(),
+           "kernels_per_step": sum(r["calls_per_step"] for r in rows), "gpu_ms_per_step": sum(by_kind.values()),
+           "ms_by_kind": by_kind, "top_kernels": rows[:40]}
+    lines = [f"{variant} d={d} m={m} batch={args.batch}, {fast.describe()}, {steps} steps profiled",
+             f"kernels per step: {out['kernels_per_step']:.0f}, summed GPU kernel time per step: {out['gpu_ms_per_step']:.3f} ms",
+             *(f"  {kind:34s} {ms:8.3f} ms" for kind, ms in sorted(by_kind.items(), key=lambda kv: -kv[1])), "",
+             f"{'ms/step':>8s} {'calls':>5s}  kind / kernel"]
+    lines += [f"{r['ms_per_step']:8.4f} {r['calls_per_step']:5.1f}  [{r['kind']}] {r['kernel'][:150]}" for r in rows]
+    (Path(args.out) / "profile.txt").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines[:12 + len(by_kind)]), flush=True)
+    del sae, fast, x
     return out
 
 
@@ -646,7 +708,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", default="benchmarks", help="folder for gpu.json and gpu.md")
     p.add_argument("--batch", type=int, default=8192)
     p.add_argument("--shapes", default=None, help="d x m list for the step section, e.g. 512x4096,4096x131072")
+    p.add_argument("--step-impls", default="fast,eager_fp32", help=f"comma-separated subset of {','.join(STEP_IMPLS)}")
     p.add_argument("--ablation-shape", default="512x16384")
+    p.add_argument("--profile-shape", default="512x4096", help="profile section: d x m of the profiled fast step")
+    p.add_argument("--profile-variant", default="aen")
     p.add_argument("--e2e-tokens", type=int, default=None, help=f"tokens for the e2e run (default {PAPER_TOKENS:,}; "
                    "fewer: the .md extrapolates to the paper's count)")
     p.add_argument("--numerics-steps", type=int, default=None)
@@ -666,6 +731,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.numerics_steps = args.numerics_steps or 30
     args.shapes = [parse_shape(s) for s in args.shapes.split(",")] if args.shapes else list(SHAPES)
     args.ablation_shape = parse_shape(args.ablation_shape)
+    args.profile_shape = parse_shape(args.profile_shape) if not args.smoke else (16, 64)
+    args.step_impls = [s.strip() for s in args.step_impls.split(",") if s.strip()]
+    if sorted(set(args.step_impls) - set(STEP_IMPLS)):
+        p.error(f"unknown step implementations {args.step_impls}; choose from {list(STEP_IMPLS)}")
     args.e2e_tokens = args.e2e_tokens or (20_480_000 if args.quick else PAPER_TOKENS)
     args.numerics_steps = args.numerics_steps or (400 if args.quick else 1000)
     return args
@@ -697,6 +766,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "e2e": lambda: section_e2e(args, device, results, save, deadline),
         "harvest": lambda: section_harvest(args, device, results, save, deadline),
         "ablation": lambda: section_ablation(args, device, results, save, deadline),
+        "profile": lambda: section_profile(args, device, results, save, deadline),
     }
     for name in SECTIONS:  # fixed order: what matters most runs first
         if name not in args.sections:
