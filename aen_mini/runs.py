@@ -123,17 +123,21 @@ class RunData:
     label: str = ""
 
 
-def build_data(cfg: RunConfig, seed: int | None = None) -> RunData:
-    """The training source and held-out data for ``cfg``; ``seed`` overrides cfg.seed (one stream per rank)."""
-    seed = cfg.seed if seed is None else seed
+def build_data(cfg: RunConfig, rank: int = 0, world_size: int = 1) -> RunData:
+    """The training source and held-out data for ``cfg``. Under data parallelism each of ``world_size`` ranks
+    trains on its own shard: every world_size-th batch of the spiked stream, or every world_size-th context."""
     if cfg.model == SPIKED:
+        from aen_mini.distributed import StridedSource
         from aen_mini.data.synthetic import SpikedSource
 
-        source = SpikedSource(rho=cfg.rho, seed=seed)
-        x, _ = source.sample(8192, seed=10_000 + seed)
+        source = SpikedSource(rho=cfg.rho, seed=cfg.seed)  # one dictionary for every rank
+        x, _ = source.sample(8192, seed=10_000 + cfg.seed)
+        if world_size > 1:
+            source = StridedSource(source, rank, world_size)
         return RunData(source, eval_activations=x, label=f"spiked synthetic data, rho={cfg.rho}")
     from aen_mini.data.activations import LMActivationSource, harvest
     from aen_mini.data.text import model_tokens
+    from aen_mini.distributed import DistContext
     from aen_mini.models import load_model
 
     model = load_model(cfg.model, device=cfg.device)
@@ -143,9 +147,9 @@ def build_data(cfg: RunConfig, seed: int | None = None) -> RunData:
         raise ValueError(f"the corpus gives {len(tokens)} contexts of {cfg.ctx_len} tokens; "
                          f"{cfg.eval_contexts} are held out for evaluation, which leaves none to train on")
     train_tokens, eval_tokens = tokens[:len(tokens) - cfg.eval_contexts], tokens[len(tokens) - cfg.eval_contexts:]
-    source = LMActivationSource(model, train_tokens, cfg.hook, buffer_rows=cfg.buffer_rows,
-                                contexts_per_chunk=cfg.contexts_per_chunk, normalize=cfg.normalize, seed=seed,
-                                device=cfg.device)
+    source = LMActivationSource(model, train_tokens[rank::world_size], cfg.hook, buffer_rows=cfg.buffer_rows,
+                                contexts_per_chunk=cfg.contexts_per_chunk, normalize=cfg.normalize,
+                                seed=DistContext(rank=rank).rank_seed(cfg.seed), device=cfg.device)
     held_out = harvest(model, eval_tokens, cfg.hook, batch_size=cfg.contexts_per_chunk).float()
     if source.normalizer is not None:
         held_out = source.normalizer.normalize(held_out)[0]
@@ -161,8 +165,9 @@ def run_training(cfg: RunConfig, data: RunData | None = None, resume: bool = Fal
     checkpoint = out / "checkpoint.safetensors"
     with setup_from_env(cfg.device) as ctx:  # outside torchrun: one process on cfg.device
         device = ctx.device
-        if data is None:
-            data = build_data(cfg, seed=ctx.rank_seed(cfg.seed))
+        if data is None:  # latent sharding broadcasts rank 0's batches, so only data parallelism shards the data
+            sharded = ctx.launched and cfg.parallel == "data"
+            data = build_data(cfg, ctx.rank if sharded else 0, ctx.world_size if sharded else 1)
         sae = make_sae(cfg.sae, data.source.d_in, cfg.latents, seed=cfg.seed, **cfg.sae_hyperparameters())
         train_cfg = TrainConfig(steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, lr_warmup_steps=cfg.lr_warmup_steps,
                                 lr_decay_start=cfg.lr_decay_start, grad_clip=cfg.grad_clip, seed=cfg.seed, device=device,

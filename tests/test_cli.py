@@ -54,3 +54,24 @@ def test_unknown_setting_in_a_config_file_is_named(tmp_path):
 def test_plan_prints_the_paper_pythia_plan(capsys):
     assert main(["plan", "--d-in", "512", "--latents", "4096", "--tokens", "204.8M"]) == 0
     assert json.loads(capsys.readouterr().out)["steps"] == 25_000
+
+
+def test_train_runs_unchanged_under_torchrun(tmp_path):
+    """Two data-parallel ranks (gloo): one results folder, written once, whose checkpoint loads in one process."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+           "--master-port", str(port), "-m", "aen_mini", "train", "--model", "spiked", "--sae", "aen", "--latents", "32",
+           "--tokens", "4096", "--batch-size", "512", "--device", "cpu", "--out", str(out), "--no-progress"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["steps"] == 8 and metrics["history"][-1]["tokens"] == 4096
+    assert load_sae(out / "checkpoint.safetensors").d_sae == 32
