@@ -72,7 +72,16 @@ class SingleProcess:
         save_checkpoint(path, sae, optimizer, train_state)
 
     def load_source_state(self, source: ActivationSource, train_state: dict[str, Any]) -> None:
-        source.load_state_dict(train_state["source"])
+        """Put this rank's data stream where the checkpoint left it. A data-parallel checkpoint holds one stream
+        position per rank: refused by another number of processes unless they are all one global stream."""
+        saved = train_state.get("rank_sources") or [train_state["source"]]
+        if len(saved) == self.world_size:
+            source.load_state_dict(saved[self.rank])
+        elif all(s == saved[0] for s in saved):  # one global stream (e.g. StridedSource): any world size resumes it
+            source.load_state_dict(saved[0])
+        else:
+            raise ValueError(f"the checkpoint holds {len(saved)} per-rank data streams but {self.world_size} processes "
+                             "are resuming it; resume with the same number or use a StridedSource")
 
 
 # --- collectives -------------------------------------------------------------------------------------------------
@@ -309,16 +318,6 @@ class DataParallel(_DistributedStrategy):
         if self.is_main:
             save_checkpoint(path, sae, optimizer, {**train_state, "rank_sources": sources})
         dist.barrier()
-
-    def load_source_state(self, source: ActivationSource, train_state: dict[str, Any]) -> None:
-        saved = train_state.get("rank_sources") or [train_state["source"]]
-        if len(saved) == self.world_size:
-            source.load_state_dict(saved[self.rank])
-        elif all(s == saved[0] for s in saved):  # one global stream (e.g. StridedSource): any world size resumes it
-            source.load_state_dict(saved[0])
-        else:
-            raise ValueError(f"the checkpoint holds {len(saved)} per-rank data streams but {self.world_size} processes "
-                             "are resuming it; resume with the same number or use a StridedSource")
 
 
 class _LatentShardedStats(StatReducer):

@@ -6,6 +6,7 @@ Variants differ only through their own ``loss`` and ``after_step``: nothing here
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -97,6 +98,27 @@ def _train_state(step: int, source: ActivationSource, history: list[dict[str, fl
     return {"step": step, "source": source.state_dict(), "history": history, "train_config": asdict(cfg)}
 
 
+# TrainConfig fields that change what a run computes; the others (device, logging, checkpointing, progress, compile)
+# may differ between the run that wrote a checkpoint and the run that resumes it.
+TRAJECTORY_FIELDS = ("steps", "batch_size", "lr", "lr_warmup_steps", "lr_decay_start", "adam_betas", "grad_clip", "seed",
+                     "resample_every", "init_b_dec", "precision", "fast")
+
+
+def _check_resumable(path: str | Path, saved: dict[str, Any] | None, cfg: TrainConfig) -> None:
+    """Refuse to resume a checkpoint under a config that would train a different trajectory from its step on."""
+    if not saved:  # written by save_checkpoint without a trainer state: nothing to compare
+        return
+    current = json.loads(json.dumps(asdict(cfg)))  # as the checkpoint stores it (tuples become lists)
+    # steps only moves the lr schedule when it decays: without decay, a longer run extends the same trajectory
+    decays = min(current["lr_decay_start"], saved.get("lr_decay_start", 1.0)) < 1.0
+    differing = [name for name in TRAJECTORY_FIELDS if name in saved and saved[name] != current[name]
+                 and (name != "steps" or decays)]
+    if differing:
+        raise ValueError(f"checkpoint {path} was trained with {', '.join(f'{n}={saved[n]!r}' for n in differing)}; "
+                         f"this run has {', '.join(f'{n}={current[n]!r}' for n in differing)} (resume with the "
+                         "checkpoint's settings, or start a new run)")
+
+
 def train(sae: SAE, source: ActivationSource, cfg: TrainConfig, *,
           callback: Callable[[int, dict[str, float], SAE], None] | None = None,
           resume: str | Path | None = None, parallel: SingleProcess | None = None) -> TrainResult:
@@ -124,6 +146,7 @@ def train(sae: SAE, source: ActivationSource, cfg: TrainConfig, *,
         ckpt = load_checkpoint(resume)
         if ckpt.sae.config() != sae.config():
             raise ValueError(f"checkpoint {resume} holds a different SAE: {ckpt.sae.config()} vs {sae.config()}")
+        _check_resumable(resume, ckpt.train_state.get("train_config"), cfg)
         sae.load_state_dict(ckpt.sae.state_dict())
         optimizer_state = ckpt.optimizer_state
         start, history = ckpt.train_state["step"], ckpt.train_state["history"]

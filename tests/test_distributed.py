@@ -4,6 +4,7 @@ The two ranks run once for the whole module (spawning costs seconds); they write
 the tests compare those with a single process here."""
 from __future__ import annotations
 
+import datetime
 import json
 import socket
 from pathlib import Path
@@ -50,9 +51,51 @@ def _sharding_case(variant: str) -> tuple[torch.nn.Module, torch.Tensor]:
     return sae, torch.randn(16, D_IN, generator=g)
 
 
+class Crash(Exception):
+    pass
+
+
+def _crashing(strategy: type) -> type:
+    """``strategy`` whose ranks all raise Crash when asked for batch ``after`` + 1: every rank stops at the same
+    step, as a killed job does (the trainer's callback runs on rank 0 only, so it cannot stop the others)."""
+
+    class Crashing(strategy):
+        def __init__(self, device: str, after: int) -> None:
+            super().__init__(device)
+            self.batches_left = after
+
+        def next_batch(self, source, batch_size):
+            if self.batches_left == 0:
+                raise Crash
+            self.batches_left -= 1
+            return super().next_batch(source, batch_size)
+
+    return Crashing
+
+
+def _crash_then_resume(rank: int, out_dir: Path, name: str, variant: str, strategy: type, source_for_rank, cfg: dict,
+                       crash_after: int) -> torch.nn.Module:
+    """Train with checkpoints until every rank crashes after ``crash_after`` steps, keep that checkpoint as
+    ``{name}_crashed.safetensors``, then resume it in a fresh SAE and train to the end with the same config."""
+    path = out_dir / f"{name}_ckpt.safetensors"
+    try:
+        train(make_sae(variant, D_IN, D_SAE, **HYPER[variant]), source_for_rank(), _cfg(**cfg, checkpoint_path=str(path)),
+              parallel=_crashing(strategy)("cpu", crash_after))
+        raise AssertionError("the first leg did not crash")
+    except Crash:
+        pass
+    if rank == 0:
+        (out_dir / f"{name}_crashed.safetensors").write_bytes(path.read_bytes())
+    dist.barrier()
+    return train(make_sae(variant, D_IN, D_SAE, **HYPER[variant]), source_for_rank(), _cfg(**cfg, checkpoint_path=str(path)),
+                 resume=out_dir / f"{name}_crashed.safetensors", parallel=strategy("cpu")).sae
+
+
 def _worker(rank: int, port: int, out: str) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
+    # a rank that fails mid-run leaves the other waiting in a collective: 2 minutes, not gloo's default 30
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD,
+                            timeout=datetime.timedelta(seconds=120))
     out_dir = Path(out)
     try:
         for variant in ("aen", "topk"):  # data-parallel training
@@ -77,6 +120,23 @@ def _worker(rank: int, port: int, out: str) -> None:
                 x_hat, _ = local(probe)
             if rank == 0:
                 torch.save({"x_hat": x_hat, "probe": probe}, out_dir / f"latent_{variant}_outputs.pt")
+        # crash after a checkpoint, resume with the same world size (the uninterrupted runs are above)
+        resumed = _crash_then_resume(rank, out_dir, "dp_aen", "aen", DataParallel,
+                                     lambda: StridedSource(TensorSource(_data(), seed=0), rank, WORLD),
+                                     dict(checkpoint_every=3), crash_after=4)
+        torch.save(resumed.state_dict(), out_dir / f"dp_aen_resumed_{rank}.pt")
+        # one data stream per rank (as an LLM harvest runs): each rank must get its own stream position back
+        def own_stream():  # of different lengths, so the ranks' stream positions differ
+            return TensorSource(_data()[:64 - 44 * rank], seed=rank)
+        resumed = _crash_then_resume(rank, out_dir, "dp_own", "topk", DataParallel, own_stream, dict(checkpoint_every=3),
+                                     crash_after=4)
+        uninterrupted = train(make_sae("topk", D_IN, D_SAE, **HYPER["topk"]), own_stream(), _cfg(),
+                              parallel=DataParallel("cpu")).sae
+        torch.save({"resumed": resumed.state_dict(), "uninterrupted": uninterrupted.state_dict()},
+                   out_dir / f"dp_own_{rank}.pt")
+        for variant in ("aen", "batch_topk"):
+            _crash_then_resume(rank, out_dir, f"latent_{variant}", variant, LatentSharded, lambda: TensorSource(_data(), seed=0),
+                               dict(steps=5, checkpoint_every=2), crash_after=3)  # its last checkpoint: step 5
     finally:
         dist.destroy_process_group()
 
@@ -152,6 +212,57 @@ def test_checkpoint_from_two_sharded_ranks_loads_in_one_process(ranks_out, varia
     assert ckpt.optimizer_state["state"].keys() == single.optimizer_state["state"].keys() == {0, 1, 2, 3}
     for idx, moments in single.optimizer_state["state"].items():
         _assert_state_close(ckpt.optimizer_state["state"][idx], moments)
+
+
+def _same_trajectory(got: list[dict], want: list[dict]) -> None:
+    assert [h["step"] for h in got] == [h["step"] for h in want]
+    for step_got, step_want in zip(got, want):
+        for key in ("loss", "mse", "l0", "dead_pct", "lr"):
+            assert step_got[key] == pytest.approx(step_want[key], rel=1e-5, abs=1e-6), (step_got["step"], key)
+
+
+def test_data_parallel_resume_equals_an_uninterrupted_run(ranks_out):
+    crashed = load_checkpoint(ranks_out / "dp_aen_crashed.safetensors")
+    assert crashed.train_state["step"] == 3 and len(crashed.train_state["rank_sources"]) == WORLD
+    for rank in range(WORLD):  # the same 2 ranks without the crash
+        _assert_state_close(torch.load(ranks_out / f"dp_aen_resumed_{rank}.pt"),
+                            torch.load(ranks_out / f"dp_aen_{rank}.pt")["state"])
+    resumed = load_checkpoint(ranks_out / "dp_aen_ckpt.safetensors")  # written by the resumed leg at step 6
+    _same_trajectory(resumed.train_state["history"], torch.load(ranks_out / "dp_aen_0.pt")["history"])
+    # one process on the global batch, uninterrupted, and one process resuming the 2-rank checkpoint
+    single = train(make_sae("aen", D_IN, D_SAE, **HYPER["aen"]), TensorSource(_data(), seed=0), _cfg())
+    _assert_state_close(resumed.sae.state_dict(), single.sae.state_dict())
+    one_process = train(make_sae("aen", D_IN, D_SAE, **HYPER["aen"]), TensorSource(_data(), seed=0), _cfg(),
+                        resume=ranks_out / "dp_aen_crashed.safetensors")
+    _assert_state_close(one_process.sae.state_dict(), single.sae.state_dict())
+
+
+def test_data_parallel_resume_restores_each_ranks_own_stream(ranks_out):
+    crashed = load_checkpoint(ranks_out / "dp_own_crashed.safetensors")
+    streams = crashed.train_state["rank_sources"]
+    assert len(streams) == WORLD and streams[0] != streams[1]
+    for rank in range(WORLD):
+        got = torch.load(ranks_out / f"dp_own_{rank}.pt")
+        _assert_state_close(got["resumed"], got["uninterrupted"])
+    with pytest.raises(ValueError, match="2 per-rank data streams but 1 processes"):
+        train(make_sae("topk", D_IN, D_SAE, **HYPER["topk"]), TensorSource(_data(), seed=0), _cfg(),
+              resume=ranks_out / "dp_own_crashed.safetensors", parallel=None)
+
+
+@pytest.mark.parametrize("variant", ["aen", "batch_topk"])
+def test_latent_sharded_resume_equals_an_uninterrupted_run(ranks_out, variant):
+    crashed = load_checkpoint(ranks_out / f"latent_{variant}_crashed.safetensors")
+    assert crashed.train_state["step"] == 2
+    resumed = load_checkpoint(ranks_out / f"latent_{variant}_ckpt.safetensors")  # 2 shards resumed, at step 5
+    uninterrupted = load_checkpoint(ranks_out / f"latent_{variant}.safetensors")
+    assert resumed.train_state["step"] == uninterrupted.train_state["step"] == 5
+    _assert_state_close(resumed.sae.state_dict(), uninterrupted.sae.state_dict())
+    for idx, moments in uninterrupted.optimizer_state["state"].items():
+        _assert_state_close(resumed.optimizer_state["state"][idx], moments)
+    _same_trajectory(resumed.train_state["history"], uninterrupted.train_state["history"])
+    one_process = train(make_sae(variant, D_IN, D_SAE, **HYPER[variant]), TensorSource(_data(), seed=0), _cfg(steps=5),
+                        resume=ranks_out / f"latent_{variant}_crashed.safetensors")
+    _assert_state_close(one_process.sae.state_dict(), uninterrupted.sae.state_dict())
 
 
 def test_strided_source_partitions_the_global_batch():

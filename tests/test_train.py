@@ -13,8 +13,8 @@ from aen_mini.train import NonFiniteLossError, TrainConfig, train
 def small_run(steps=40, resume=None, callback=None, **cfg):
     src = SpikedSource(n=16, m=32, k=3, rho=0.3, seed=1)
     sae = make_sae("aen", 16, 32, l1_coeff=0.1, l2_coeff=0.01, ema_beta=0.9, warmup_start=5, warmup_steps=10, seed=2)
-    cfg = TrainConfig(steps=steps, batch_size=32, log_every=10, progress=False, lr_warmup_steps=5, lr_decay_start=0.5,
-                      **cfg)
+    cfg = TrainConfig(**{**dict(steps=steps, batch_size=32, log_every=10, progress=False, lr_warmup_steps=5,
+                                lr_decay_start=0.5), **cfg})
     return train(sae, src, cfg, resume=resume, callback=callback)
 
 
@@ -47,6 +47,43 @@ def test_resume_gives_the_weights_of_an_uninterrupted_run(tmp_path):
         assert torch.equal(pa, pb), name
     assert resumed.sae.reweighting.step.item() == 40
     assert [h["step"] for h in resumed.history] == [10, 20, 30, 40]
+
+
+@pytest.fixture(scope="module")
+def halfway(tmp_path_factory):
+    """small_run's checkpoint at step 20 of 40 (lr decays from step 20)."""
+    ckpt = tmp_path_factory.mktemp("halfway") / "run.safetensors"
+    with pytest.raises(Crash):
+        small_run(checkpoint_every=20, checkpoint_path=str(ckpt), callback=crash_at(30))
+    return ckpt
+
+
+@pytest.mark.parametrize("changed,want", [
+    (dict(batch_size=64), "with batch_size=32; this run has batch_size=64"),
+    (dict(adam_betas=(0.9, 0.99)), r"with adam_betas=\[0.9, 0.999\]; this run has adam_betas=\[0.9, 0.99\]"),
+    (dict(steps=50, seed=1), "with steps=40, seed=0; this run has steps=50, seed=1"),  # steps: the decay moves
+])
+def test_resuming_with_a_different_trajectory_config_is_refused(halfway, changed, want):
+    with pytest.raises(ValueError, match=f"checkpoint {halfway} was trained {want} "):
+        small_run(resume=halfway, **changed)
+
+
+def test_resuming_with_other_device_logging_or_checkpointing_is_exact(halfway, tmp_path):
+    full = small_run()
+    resumed = small_run(resume=halfway, progress=True, log_every=5, checkpoint_every=7,
+                        checkpoint_path=str(tmp_path / "again.safetensors"), device="cpu:0")
+    for (name, pa), pb in zip(full.sae.state_dict().items(), resumed.sae.state_dict().values()):
+        assert torch.equal(pa, pb), name
+
+
+def test_a_run_without_lr_decay_can_be_extended(tmp_path):
+    """Without decay the lr schedule does not depend on steps: 20 steps resumed to 40 is the 40-step run."""
+    ckpt = tmp_path / "short.safetensors"
+    small_run(steps=20, lr_decay_start=1.0, checkpoint_every=20, checkpoint_path=str(ckpt))
+    extended = small_run(resume=ckpt, lr_decay_start=1.0)
+    full = small_run(lr_decay_start=1.0)
+    for (name, pa), pb in zip(full.sae.state_dict().items(), extended.sae.state_dict().values()):
+        assert torch.equal(pa, pb), name
 
 
 def test_lr_schedule_warms_up_and_decays_linearly():
