@@ -35,25 +35,59 @@ WARMUP_STEPS = 3  # eager steps before capture: compilation, Adam's lazy state, 
 COMPILE_MODES = (None, "default", "max-autotune-no-cudagraphs")
 
 
+class _CodesWithPenaltyGrad(torch.autograd.Function):
+    """Returns the codes ``h`` and a zero scalar to add to the loss; the backward turns dL/dh into dL/dpre in
+    one elementwise pass: dL/dpre = [h > 0] (dL/dh + dL/dzero * penalty_grad).
+
+    Every variant's activation is ReLU of a selection of the pre-activations (all of them, the top k per row, the
+    top k * batch), so dh/dpre is the mask h > 0. ``penalty_grad`` is d(penalties)/dh; it reaches the loss
+    through the zero scalar, so a loss scaled by c (or without that scalar) scales (or drops) it correctly.
+    """
+
+    @staticmethod
+    def forward(ctx, pre: torch.Tensor, h: torch.Tensor, penalty_grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        ctx.save_for_backward(h, penalty_grad)
+        return h, penalty_grad.new_zeros(())
+
+    @staticmethod
+    def backward(ctx, dh: torch.Tensor, dzero: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        h, penalty_grad = ctx.saved_tensors
+        return torch.where(h > 0, dh.to(penalty_grad.dtype) + dzero * penalty_grad, 0.0).to(dh.dtype), None, None
+
+
 def fast_loss(sae: SAE, x: torch.Tensor, dtype: torch.dtype = torch.bfloat16) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """The terms of ``sae.loss(x)`` computed for speed, and the codes ``h`` (in ``dtype``).
 
     Call it under ``torch.autocast(..., dtype)`` for bf16 matmuls. The values equal ``sae.loss`` up to rounding.
     """
+    wide = torch.promote_types(dtype, torch.float32)  # every reduction: float32 (float64 in float64 tests)
     b_dec, W_enc = sae.b_dec, sae.W_enc.to(dtype)  # one cast of the encoder, shared by both products below
     # d pre / d b_dec = -W_enc^T sum_b d pre_b: a matrix-vector product. Written as (x - b_dec) @ W_enc^T,
     # autograd would form the whole (batch, d_in) input gradient (a 2 B d m matmul, a sixth of the step) and
     # then sum it. Here the matmul sees the constant x - b_dec, and b_dec's gradient flows through a term whose
     # value is exactly zero; W_enc is detached there because its gradient is already exact from the first term.
     zero = (b_dec.detach() - b_dec).to(dtype) @ W_enc.detach().T
-    pre = ((x - b_dec.detach()).to(dtype) @ W_enc.T + (sae.b_enc + zero)).to(dtype)
-    h = sae.activation(pre)
+    # The bias is added in ``dtype``: added in float32, the backward would write dL/dpre twice, once in float32
+    # for b_enc's column sum (a (batch, d_sae) float32 tensor) and once in bf16 for the matmuls.
+    pre = (x - b_dec.detach()).to(dtype) @ W_enc.T + (sae.b_enc + zero).to(dtype)
+    h = sae.activation(pre.detach())
+    # The penalties' gradient splits in two: through the codes (d penalties / dh, from the variant's own
+    # `penalties` by torch.func.grad, so no derivative is written twice) and through everything else (AuxK's
+    # pre-activations and residual), which ordinary autograd carries below with h held constant. The first part
+    # joins the decoder's dL/dh inside the one elementwise pass of _CodesWithPenaltyGrad.backward.
+    pre_c, x_c = pre.detach(), x.detach()
+
+    def penalty_sum(codes: torch.Tensor) -> torch.Tensor:
+        return sum(sae.penalties(codes, pre_c, x_c, x_c).values(), codes.new_zeros(()))
+
+    penalty_grad = torch.func.grad(penalty_sum)(h.to(wide))
+    codes, zero_with_penalty_grad = _CodesWithPenaltyGrad.apply(pre, h, penalty_grad)
     # decode_atoms directly: SAE.decode would first cast h to the weights' float32, a (batch, d_sae) round trip
-    x_hat = sae.decode_atoms(h) + b_dec
-    terms = {"mse": (x - x_hat.float()).pow(2).sum(-1).mean()}
-    # float32 codes for the penalties: under torch.compile the cast is fused away, and the sums stay exact.
-    terms.update(sae.penalties(h.float(), pre, x, x_hat.float()))
-    terms["loss"] = torch.stack([t.float() for t in terms.values()]).sum()
+    x_hat = sae.decode_atoms(codes) + b_dec
+    terms = {"mse": (x - x_hat.to(wide)).pow(2).sum(-1).mean()}
+    # wide codes for the penalties: under torch.compile the cast is fused away, and the sums stay exact.
+    terms.update(sae.penalties(h.to(wide), pre, x, x_hat.to(wide)))
+    terms["loss"] = torch.stack([t.to(wide) for t in terms.values()]).sum() + zero_with_penalty_grad
     return terms, h
 
 

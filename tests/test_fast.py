@@ -149,3 +149,25 @@ def test_compiled_fast_step_equals_the_eager_fast_step():
     for (name, a), b in zip(eager.state_dict().items(), compiled.state_dict().values()):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6, msg=name)
     assert eager.reweighting.step.item() == 3 and torch.any(eager.reweighting.ema != 1.0)  # after_step ran
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_float64_fast_loss_gradients_equal_autograd_of_sae_loss(variant):
+    """The codes' penalty gradient comes from torch.func.grad of the variant's own `penalties` and joins the
+    decoder's gradient in one masked pass (_CodesWithPenaltyGrad): in float64 it equals plain autograd of
+    `sae.loss` to rounding, for every variant (AuxK's dead latents included)."""
+    sae, x = variant_sae(variant).double(), batch().double()
+    sae.loss(x)["loss"].backward()
+    expected = {name: p.grad.clone() for name, p in sae.named_parameters()}
+    sae.zero_grad(set_to_none=True)
+    fast_loss(sae, x, torch.float64)[0]["loss"].backward()
+    for name, p in sae.named_parameters():
+        torch.testing.assert_close(p.grad, expected[name], rtol=1e-10, atol=1e-12, msg=name)
+
+
+@pytest.mark.parametrize("variant", ["relu_l1", "elastic_net", "aen"])
+def test_float64_fast_loss_passes_gradcheck(variant):
+    """Finite differences through the whole loss, the fused code-gradient pass included (d loss / d x goes
+    through dL/dpre). Not TopK: AuxK's residual is detached by design, so its gradient is not a derivative."""
+    sae, x = variant_sae(variant).double(), batch(8).double()
+    assert torch.autograd.gradcheck(lambda x: fast_loss(sae, x, torch.float64)[0]["loss"], x.requires_grad_())
