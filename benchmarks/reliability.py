@@ -173,7 +173,11 @@ def markdown(r: dict) -> str:
     k = r["kill_resume"]
     lines += ["", f"{k['runs_with_nothing_lost']} of {len(k['runs'])} runs ended bitwise equal to an uninterrupted run "
               "(weights, buffers incl. the adaptive EMA and warm-up step, Adam state, data position, history), "
-              f"after {k['kills_that_landed_mid_run']} of {k['kills']} SIGKILLs that landed mid-run.", ""]
+              f"after {k['kills_that_landed_mid_run']} of {k['kills']} SIGKILLs that landed mid-run.", "",
+              "Not in the numbers above: resuming with a TrainConfig that changes the trajectory (batch size, lr and "
+              "its schedule, Adam betas, grad clip, seed, resampling, b_dec init, precision, fast; steps when the lr "
+              "decays) is refused up front with a ValueError naming each field and both values, and 2-process "
+              "data-parallel and latent-sharded runs resume exactly (tests/test_train.py, tests/test_distributed.py)."]
     return "\n".join(lines)
 
 

@@ -5,7 +5,6 @@ the tests compare those with a single process here."""
 from __future__ import annotations
 
 import datetime
-import json
 import socket
 from pathlib import Path
 
