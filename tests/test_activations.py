@@ -11,6 +11,7 @@ from aen_mini.data.activations import ActivationNormalizer, LMActivationSource, 
 from aen_mini.data.source import ActivationSource
 from aen_mini.data.text import model_tokens
 from aen_mini.models import load_model
+from conftest import tiny_neox
 
 torch.set_num_threads(1)  # tiny models: threads only add contention on shared cores
 
@@ -19,7 +20,7 @@ HOOK = "blocks.0.hook_resid_post"
 
 @pytest.fixture(scope="module")
 def neox():
-    return load_model("pythia-70m-shaped", config_overrides={"num_hidden_layers": 2, "hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 4})
+    return tiny_neox(layers=2, width=32)
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from aen_mini.data.cache import CachedActivationSource, cache_activations
 from aen_mini.data.source import ActivationSource
 from aen_mini.data.text import model_tokens
 from aen_mini.features import activation_histogram, density_histogram, feature_stats, top_contexts_html
-from aen_mini.models import load_model
+from conftest import tiny_neox
 
 torch.set_num_threads(1)  # tiny models: threads only add contention on shared cores
 
@@ -39,7 +39,7 @@ class CoordinateSAE(nn.Module):
 
 @pytest.fixture(scope="module")
 def neox():
-    return load_model("pythia-70m-shaped", config_overrides={"num_hidden_layers": 1, "hidden_size": 16, "intermediate_size": 32, "num_attention_heads": 2, "vocab_size": 4096})
+    return tiny_neox(layers=1, width=16)
 
 
 @pytest.fixture(scope="module")

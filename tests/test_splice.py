@@ -11,6 +11,7 @@ from torch import nn
 from aen_mini.data.activations import ActivationNormalizer
 from aen_mini.data.text import TokenBatch, model_tokens
 from aen_mini.models import load_model
+from conftest import tiny_neox
 from aen_mini.splice import spliced_metrics
 
 torch.set_num_threads(1)  # tiny models: threads only add contention on shared cores
@@ -48,7 +49,7 @@ class ConstantSAE(IdentitySAE):
 
 @pytest.fixture(scope="module")
 def neox():
-    return load_model("pythia-70m-shaped", config_overrides={"num_hidden_layers": 3, "hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 4, "vocab_size": 4096})
+    return tiny_neox(layers=3, width=32)
 
 
 @pytest.fixture(scope="module")
