@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import fields
+from dataclasses import asdict, fields
 from typing import Sequence
 
 from aen_mini.runs import RunConfig
@@ -35,8 +35,7 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_config(args: argparse.Namespace) -> RunConfig:
-    values = RunConfig.from_file(args.config).__dict__ if args.config else {}
-    values = {k: v for k, v in values.items()}
+    values = asdict(RunConfig.from_file(args.config)) if args.config else {}
     values.update({f.name: getattr(args, f.name) for f in fields(RunConfig)
                    if f.name != "extra" and getattr(args, f.name) is not None})
     return RunConfig.from_dict(values)
