@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import abc
 import importlib
+import importlib.machinery
 import logging
 import os
 import re
@@ -69,6 +70,8 @@ def _load_from_source(src: Path) -> None:
                 if part not in sys.modules:
                     module = _StubModule(part)
                     module.__path__ = []  # a package, so submodules can be registered under it
+                    # a spec, so importlib.util.find_spec (other packages probing for it) answers, not raises
+                    module.__spec__ = importlib.machinery.ModuleSpec(part, None, is_package=True)
                     sys.modules[part] = module
     package = types.ModuleType("sae_lens")
     package.__path__ = [str(src)]
