@@ -69,6 +69,7 @@ def test_tiny_benchmark_writes_every_method_with_calibration_and_the_published_t
                           "print(u.find_spec('sae_lens').submodule_search_locations[0])"],
                          capture_output=True, text=True, check=True).stdout.strip()
     cmd = [str(saelens_python), str(REPO / "benchmarks" / "synthsaebench.py"), "--size", "tiny", "--steps", "150",
+           "--stream",
            "--batch-size", "64", "--lr", "3e-3", "--calib-trials", "2", "--calib-samples", "512",
            "--eval-samples", "1024", "--out", str(tmp_path)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "AEN_SAELENS_SRC": src, "AEN_SAELENS_FORCE_SRC": "1"}
@@ -86,6 +87,29 @@ def test_tiny_benchmark_writes_every_method_with_calibration_and_the_published_t
             assert isinstance(r["calibration_converged"], bool) and 1 <= len(r["calibration_trials"]) <= 2
     assert report["model_config"]["seed"] == 42 and report["environment"]["sae_lens"] != "unknown"
     text = (tmp_path / "synthsaebench.md").read_text()
-    assert "| Matryoshka | SAELens, published | 25 | 0.793 ± 0.001 |" in text
-    assert "| Standard L1 | SAELens, published | 25 | 0.604 ± 0.001 |" in text
+    assert "| Matryoshka | SAELens, published | 25 | 0.7927 ± 0.0006 |" in text
+    assert "| Standard L1 | SAELens, published | 25 | 0.6039 ± 0.0012 |" in text
+    assert "Reading: our runs had" in text and "What could not be run offline" in text
     assert f"{150 * 64:,} training samples per run" in text
+
+
+class _FakeModel:
+    """Stands in for SAELens's SyntheticModel: samples from the global RNG, as its sampler does."""
+    device, cfg = "cpu", type("cfg", (), {"hidden_dim": 3})
+
+    def sample(self, n: int) -> torch.Tensor:
+        return torch.randn(n, 3)
+
+
+def test_stream_repeats_its_samples_for_every_run_without_touching_the_global_rng():
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    a, b = bench.SyntheticStream(_FakeModel(), seed=5), bench.SyntheticStream(_FakeModel(), seed=5)
+    first = [a.next_batch(4) for _ in range(3)]
+    assert torch.equal(torch.get_rng_state(), before)  # the trainer's RNG (init, shuffles) is left alone
+    assert all(torch.equal(x, b.next_batch(4)) for x in first)  # a second run sees the same samples
+    assert not torch.equal(first[0], first[1])  # ... and they are fresh samples, not one batch repeated
+    resumed = bench.SyntheticStream(_FakeModel(), seed=5)
+    resumed.load_state_dict(a.state_dict())  # a resumed run continues where the saved one stopped
+    assert torch.equal(resumed.next_batch(4), a.next_batch(4))
+    assert not torch.equal(bench.SyntheticStream(_FakeModel(), seed=6).next_batch(4), first[0])
