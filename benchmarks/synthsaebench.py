@@ -387,6 +387,15 @@ def reading(report: dict[str, Any]) -> list[str]:
              + (", so these rows are early-training snapshots and are not comparable with the published rows: they "
                 "show that SAELens's model, sampler and scorer run end to end on our SAEs, not how our variants rank "
                 "on the benchmark." if share < 0.05 else ".")]
+    trends = []  # (method, MSE change, L0 change) over the last fifth of training, from the logged history
+    for r in records:
+        earlier = [h for h in r["history"] if h["step"] <= 0.8 * r["steps"]]
+        if earlier:
+            a, b = earlier[-1], r["history"][-1]
+            trends.append((r["label"], b["mse"] / a["mse"] - 1, b["l0"] / a["l0"] - 1))
+    if trends:
+        lines.append("Over the last fifth of training, training MSE and L0 changed by " + "; ".join(
+            f"{name} {mse:+.0%} and {l0:+.0%}" for name, mse, l0 in trends) + ": no run had converged.")
     off = [r["label"] for r in records if not r["calibration_converged"]]
     lines.append("Calibration: " + (f"not converged for {', '.join(off)} (flagged in the table)." if off else
                                      "every penalised method reached a held-out L0 within "
@@ -436,7 +445,7 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append(f"| {name} | SAELens, published | 25 | {row['mcc'][0]:.4f} ± {row['mcc'][1]:.4f} | "
                      f"{row['f1'][0]:.4f} ± {row['f1'][1]:.4f} | n/a | {row['ev'][0]:.4f} | "
                      f"{row['uniqueness'][0]:.4f} | published protocol |")
-    lines += ["", *reading(report)]
+    lines += ["", *(f"- {line}" for line in reading(report))]
     if report.get("skipped"):
         lines += ["", f"Not run (past the time limit of the run): {', '.join(report['skipped'])}."]
     lines += [
