@@ -13,7 +13,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
-from aen_mini.solve import solve_for_sae
+from aen_mini.solve import rank_deficient, solve_for_sae
 from aen_mini.validate import check_activations, check_positive_int
 
 __all__ = [
@@ -152,8 +152,8 @@ def active_gram_condition(D: Tensor, h: Tensor) -> float:
         if not active.any():
             continue
         singular = torch.linalg.svdvals(D64[:, active])
-        # cond(D_Sᵀ D_S) = (s_max / s_min)^2; fewer singular values than |S| means D_S is rank deficient.
-        if active.sum() > singular.numel() or singular[-1] == 0:
+        # cond(D_Sᵀ D_S) = (s_max / s_min)^2, inf when D_S is (numerically) rank deficient.
+        if rank_deficient(singular, D64.shape[0], int(active.sum())):
             conds.append(math.inf)
         else:
             conds.append((singular[0] / singular[-1]).item() ** 2)
