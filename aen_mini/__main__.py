@@ -45,7 +45,7 @@ HELP = {
     "l1": "L1 coefficient (default per variant: 1.0 for relu_l1/elastic_net, 0.3 for the adaptive ones); "
           "or calibrate it with --target-l0",
     "l2": "L2 coefficient on the codes (elastic_net, aen; default 0.1 x l1)",
-    "k": "active latents per token (topk, batch_topk; default 32)",
+    "k": "active latents per token (topk, batch_topk; default 32, at most a quarter of the latents)",
     "gamma": "adaptive reweighting exponent (adaptive_lasso, aen; default 1)",
     "ema_beta": "decay of the adaptive reweighting's running mean (default 0.99)",
     "ref_pct": "share of the most active latents that sets the reference weight (default 0.01)",

@@ -121,7 +121,7 @@ class RunConfig:
         (the variant's own defaults are meant for hand-built SAEs)."""
         chosen = {SAE_ARGS[name]: getattr(self, name) for name in SAE_ARGS if getattr(self, name) is not None}
         allowed = hyperparameter_names(self.sae)
-        for name, default in run_defaults(self.sae, self.steps, chosen.get("l1_coeff")).items():
+        for name, default in run_defaults(self.sae, self.steps, self.latents, chosen.get("l1_coeff")).items():
             if name in allowed:
                 chosen.setdefault(name, default)
         wrong = sorted(name for name in chosen if name not in allowed)
@@ -191,14 +191,15 @@ def _check_type(name: str, value: Any, annotation: str) -> None:
         raise ValueError(f"{name} must be {wanted}{' (or left out)' if optional else ''}, got {value!r}")
 
 
-def run_defaults(variant: str, steps: int, l1: float | None) -> dict[str, Any]:
+def run_defaults(variant: str, steps: int, latents: int, l1: float | None) -> dict[str, Any]:
     """What a run uses for the hyperparameters it is not given, per variant. Adaptive reweighting starts after a
     quarter of training and ramps in over the next quarter, on a faster EMA (0.99): weights from step 0 would
     reweight by the usage of an untrained SAE. AEN's l2 is a tenth of its l1. An L1 penalty of 1e-3 (the classes'
-    default, meant for hand-built SAEs) leaves nearly every latent active, so a run without l1 or target_l0 starts
-    from the calibration's first guess for normalised activations (chapter 5's benchmark: about 0.1-1 for L0 32-128)."""
+    default, meant for hand-built SAEs) leaves nearly every latent active, so a run without l1 or target_l0 takes
+    one on the scale that chapter 5's benchmark calibrated for normalised activations (about 0.1-1 for L0 32-128).
+    TopK keeps k = 32, at most a quarter of the latents."""
     l1 = DEFAULT_L1.get(variant) if l1 is None else l1
-    defaults: dict[str, Any] = {"l1_coeff": l1}
+    defaults: dict[str, Any] = {"l1_coeff": l1, "k": max(1, min(32, latents // 4))}
     if variant in ("aen", "adaptive_lasso"):
         defaults.update(ema_beta=0.99, warmup_start=steps // 4, warmup_steps=steps // 4)
     if variant in ("aen", "elastic_net"):
