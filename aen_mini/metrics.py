@@ -29,6 +29,7 @@ __all__ = [
     "lipschitz_estimate",
     "mse",
     "mutual_coherence",
+    "Report",
     "shrinkage_ratio",
     "support_scores",
     "usage_entropy",
@@ -292,7 +293,38 @@ def amortisation_gap(sae: Any, x: Tensor, **solver_kw: Any) -> dict[str, float]:
     }
 
 
-def evaluate(sae: Any, x: Tensor, codes_true: Tensor | None = None, D_true: Tensor | None = None) -> dict[str, float]:
+# How Report prints each number: label, format, what it means.
+_EXPLAINED = {
+    "dead_pct": ("dead latents", "{:.1f} %", "latents that fire on none of these inputs"),
+    "l0": ("L0", "{:.1f}", "active latents per input"),
+    "mse": ("MSE", "{:.3g}", "mean squared reconstruction error per input (summed over features)"),
+    "ev": ("explained variance", "{:.3f}", "1 = perfect reconstruction, 0 = no better than the mean"),
+    "shrinkage": ("shrinkage", "{:.3f}", "||x_hat||_1 / ||x||_1; below 1: codes shrunk by the penalty"),
+    "usage_entropy": ("usage entropy", "{:.3f}", "1 = every latent fires equally often"),
+    "recovery_mean_cos": ("dictionary recovery", "{:.3f}", "mean cosine of each true atom to its matched latent"),
+    "recovery_frac_above": ("atoms recovered", "{:.1%}", "true atoms whose matched latent has cosine > 0.9"),
+    "support_precision": ("support precision", "{:.3f}", "active latents that match a true active atom"),
+    "support_recall": ("support recall", "{:.3f}", "true active atoms whose latent is active"),
+    "support_f1": ("support F1", "{:.3f}", "harmonic mean of support precision and recall"),
+    "code_mse": ("code MSE", "{:.3g}", "squared error of the matched codes against the true ones"),
+}
+
+
+class Report(dict):
+    """The numbers of ``evaluate`` (a plain dict of floats, for code and JSON) that print as a rounded table
+    saying what each number means."""
+
+    def __str__(self) -> str:
+        rows = [(*_EXPLAINED.get(key, (key, "{:.4g}", ""))[:2], _EXPLAINED.get(key, ("", "", ""))[2], value)
+                for key, value in self.items()]
+        width = max(len(label) for label, *_ in rows)
+        values = [fmt.format(value) for _, fmt, _, value in rows]
+        value_width = max(len(v) for v in values)
+        return "\n".join(f"{label:<{width}}  {v:>{value_width}}  {meaning}".rstrip()
+                         for (label, _, meaning, _), v in zip(rows, values))
+
+
+def evaluate(sae: Any, x: Tensor, codes_true: Tensor | None = None, D_true: Tensor | None = None) -> Report:
     """The standard report for an SAE on a batch x: dead_pct (percent of latents silent on x), l0, mse,
     ev (explained variance), shrinkage, usage_entropy (normalised); with D_true also recovery_mean_cos
     and recovery_frac_above; with codes_true too, support_precision/recall/f1 and code_mse.
@@ -318,11 +350,11 @@ def evaluate(sae: Any, x: Tensor, codes_true: Tensor | None = None, D_true: Tens
             support = support_scores(codes_true, h, recovery["matching"])
             report.update({f"support_{name}": value for name, value in support.items()})
             report["code_mse"] = code_mse(codes_true, h, recovery["matching"])
-    return report
+    return Report(report)
 
 
 @torch.no_grad()
-def evaluate_in_batches(sae: Any, x: Tensor, batch_size: int = 4096) -> dict[str, float]:
+def evaluate_in_batches(sae: Any, x: Tensor, batch_size: int = 4096) -> Report:
     """``evaluate(sae, x)`` (dead_pct, l0, mse, ev, shrinkage, usage_entropy) computed ``batch_size`` rows at a time:
     memory for one batch's codes instead of the whole set's (a held-out set of 16k tokens at d_sae = 16384 would
     need 1 GiB of codes at once). Sums are float64, so the numbers equal evaluate's up to rounding."""
@@ -349,6 +381,6 @@ def evaluate_in_batches(sae: Any, x: Tensor, batch_size: int = 4096) -> dict[str
         raise ValueError("explained_variance is undefined for a batch x with no variance")
     if rows_with_norm == 0:
         raise ValueError("shrinkage_ratio is undefined when every row of x is zero")
-    return {"dead_pct": 100.0 * (firings == 0).double().mean().item(), "l0": l0_sum / n, "mse": sq_err / n,
-            "ev": 1.0 - sq_err / total, "shrinkage": ratios / rows_with_norm,
-            "usage_entropy": _count_entropy(firings, normalise=True)}
+    return Report({"dead_pct": 100.0 * (firings == 0).double().mean().item(), "l0": l0_sum / n, "mse": sq_err / n,
+                   "ev": 1.0 - sq_err / total, "shrinkage": ratios / rows_with_norm,
+                   "usage_entropy": _count_entropy(firings, normalise=True)})

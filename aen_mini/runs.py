@@ -376,7 +376,8 @@ def warn_if_not_sparse(l0: float, latents: int, target_l0: float | None = None) 
         return None
     message = (f"the trained SAE is far from sparse: held-out L0 {l0:.0f} of {latents} latents"
                + (f" (target {target_l0:g})" if target_l0 is not None else "")
-               + "; raise --l1 or give --target-l0 to calibrate it")
+               + ("; raise --l1 or give --target-l0 to calibrate it" if target_l0 is None
+                  else "; calibrate with more --calibration-trials or train longer"))
     warnings.warn(message, stacklevel=2)
     return message
 
