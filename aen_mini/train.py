@@ -121,27 +121,28 @@ def _check_resumable(path: str | Path, saved: dict[str, Any] | None, cfg: TrainC
                          "checkpoint's settings, or start a new run)")
 
 
+def _differences(saved: dict[str, Any], current: dict[str, Any]) -> str:
+    """'name=saved there, current here' for every key whose values differ; '' if none does."""
+    differing = sorted(name for name in set(saved) | set(current) if saved.get(name) != current.get(name))
+    return "; ".join(f"{n}={saved.get(n)!r} there, {current.get(n)!r} here" for n in differing)
+
+
 def _check_same_data(path: str | Path, saved: dict[str, Any] | None, current: dict[str, Any] | None) -> None:
     """Refuse to resume a checkpoint on other activations than it was trained on (model, hook, context length,
     normalisation, corpus ...), naming every setting that differs with both values."""
     if saved is None or current is None:  # a checkpoint (or run) that records no data settings: nothing to compare
         return
-    differing = sorted(name for name in set(saved) | set(current) if saved.get(name) != current.get(name))
-    if differing:
-        raise ValueError(f"checkpoint {path} was trained on other data: "
-                         + "; ".join(f"{n}={saved.get(n)!r} there, {current.get(n)!r} here" for n in differing)
-                         + " (resume with the checkpoint's data settings, or start a new run)")
+    if differences := _differences(saved, current):
+        raise ValueError(f"checkpoint {path} was trained on other data: {differences} (resume with the checkpoint's "
+                         "data settings, or start a new run)")
 
 
 def load_resumable(path: str | Path, sae: SAE, cfg: TrainConfig, data: dict[str, Any] | None = None) -> Any:
     """Load checkpoint ``path`` for resuming ``sae`` under ``cfg`` on ``data`` (settings recorded with it), or raise a
     ValueError naming what does not match; runs call this before writing anything, ``train`` again on resume."""
     ckpt = load_checkpoint(path)
-    saved, current = ckpt.sae.config(), sae.config()
-    if saved != current:
-        differing = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
-        raise ValueError(f"checkpoint {path} holds a different SAE: "
-                         + "; ".join(f"{k}={saved.get(k)!r} there, {current.get(k)!r} here" for k in differing))
+    if differences := _differences(ckpt.sae.config(), sae.config()):
+        raise ValueError(f"checkpoint {path} holds a different SAE: {differences}")
     missing = [key for key in ("step", "history", "source") if key not in ckpt.train_state]
     if missing:
         raise ValueError(f"checkpoint {path} holds no trainer state ({', '.join(missing)} missing): it was saved "

@@ -41,7 +41,7 @@ def _read_only_folder(tmp_path: Path) -> Path:
     return folder / "run"
 
 
-def _cases(tmp: Path) -> dict[str, tuple[list[str], str]]:
+def adversarial_cases(tmp: Path) -> dict[str, tuple[list[str], str]]:
     """name -> (argv, a piece of the one-line message)."""
     (tmp / "a-file").write_text("x")
     (tmp / "folder.json").mkdir()
@@ -80,7 +80,7 @@ CASE_NAMES = ["out is a file", "out under a file", "out read-only", "config is a
 
 @pytest.mark.parametrize("name", CASE_NAMES)
 def test_adversarial_input_ends_with_one_line_and_status_2(tmp_path, name):
-    cases = _cases(tmp_path)
+    cases = adversarial_cases(tmp_path)
     if name not in cases:
         pytest.skip("this torch has CUDA: the CPU-only case cannot be tried here")
     argv, message = cases[name]
@@ -104,6 +104,20 @@ def test_disk_full_ends_with_one_line(tmp_path, capsys, monkeypatch):
     assert main([*SPIKED, "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "No space left on device" in err[0] and "config.json" in err[0]
+
+
+def test_a_full_disk_while_writing_the_checkpoint_ends_with_one_line(tmp_path, capsys, monkeypatch):
+    """safetensors reports ENOSPC as its own SafetensorError (found on a 64 KiB tmpfs by benchmarks/reliability.py)."""
+    from safetensors import SafetensorError
+
+    def full(*args, **kwargs):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr("aen_mini.atomic.save_file", full)
+    assert main([*SPIKED, "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "No space left on device" in err[0] and "checkpoint.safetensors" in err[0]
+    assert not [p for p in (tmp_path / "run").iterdir() if ".tmp-" in p.name]  # no temporary left behind
 
 
 def test_the_output_folder_is_checked_before_the_data_is_built(tmp_path, monkeypatch, capsys):
