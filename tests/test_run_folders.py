@@ -153,3 +153,13 @@ def test_held_out_evaluation_runs_in_batches_and_matches_the_whole_set():
     for key in whole:
         assert batched[key] == pytest.approx(whole[key], rel=1e-9, abs=1e-12), key
     assert evaluate_in_batches(sae, x, batch_size=1000) == pytest.approx(whole, rel=1e-12)
+
+
+def test_a_results_config_json_resumes_its_run_from_the_command_line(tmp_path):
+    """The book's resume command (`train --config runs/x/config.json --resume`): config.json's own records (data,
+    sae_config, data_settings) are dropped when it is read back as settings."""
+    from aen_mini.__main__ import main
+
+    out = run_training(spiked_run(tmp_path, checkpoint_every=4))
+    assert main(["train", "--config", str(out / "config.json"), "--resume"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["steps"] == 8
