@@ -4,7 +4,8 @@ Offline examples (no download; CPU):
 
     python -m aen_mini train --model spiked --sae aen --latents 256 --tokens 400k --batch-size 1024 --lr 4e-3 \\
         --target-l0 16 --out runs/spiked-aen                          # about a minute of CPU: 5 runs of 390 steps
-    python -m aen_mini train --sae aen --latents 1024 --tokens 256k --target-l0 32 --out runs/tiny-aen   # tiny-neox, stdlib text
+    python -m aen_mini train --sae aen --latents 1024 --tokens 256k --batch-size 1024 --lr 4e-3 --target-l0 32 \\
+        --out runs/tiny-aen                        # tiny-neox on stdlib docstrings: calibration runs + the run, minutes
     python -m aen_mini train --config runs/tiny-aen/config.json --resume   # continue it after an interruption
     python -m aen_mini eval runs/tiny-aen                              # spliced CE / KL / CE recovered -> eval.json
     python -m aen_mini export runs/tiny-aen --out saelens/tiny-aen     # SAELens folder
