@@ -283,9 +283,10 @@ def run_training(cfg: RunConfig, data: RunData | None = None, resume: bool = Fal
     cfg.validate()
     check_device("device", cfg.device)
     out = Path(cfg.out)
-    check_out_folder(out, resume=resume, overwrite=overwrite)  # before building data: that can take minutes
     checkpoint = out / "checkpoint.safetensors"
     with setup_from_env(cfg.device) as ctx:  # outside torchrun: one process on cfg.device
+        if ctx.is_main:  # rank 0 alone writes; another rank checking later could see rank 0's new config.json
+            check_out_folder(out, resume=resume, overwrite=overwrite)  # before building data: that can take minutes
         with RunFolderLock(out) if ctx.is_main else nullcontext():
             device = ctx.device
             if data is None:  # latent sharding broadcasts rank 0's batches, so only data parallelism shards the data
