@@ -16,8 +16,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from aen_mini.__main__ import HELP, main
-from aen_mini.runs import RunConfig
 from aen_mini.data.source import TensorSource
+from aen_mini.runs import RunConfig
 from aen_mini.sae import make_sae
 from aen_mini.train import TrainConfig, train
 
