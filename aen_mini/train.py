@@ -242,6 +242,7 @@ def train(sae: SAE, source: ActivationSource, cfg: TrainConfig, *,
             optimizer.step()
             sae.after_step(parallel.stats)
         if cfg.resample_every and (step + 1) % cfg.resample_every == 0:
+            _raise_if_nonfinite(pending, step)  # resampling from a NaN batch would write NaN into the weights
             parallel.resample(sae, x, optimizer, seed=cfg.seed * 1_000_003 + step)
 
         done = step + 1
