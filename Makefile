@@ -40,10 +40,22 @@ saelens-venv:
 	@$(MAKE) --no-print-directory $(SAELENS_STAMP) \
 		|| echo "could not install sae-lens: tests/test_saelens.py will skip its SAELens round trip"
 
+# The stages of `make test`, in order. Every stage runs even when an earlier one failed; the failed stages are
+# listed together at the end and make exits non-zero. A stage that exits 5 (pytest: no tests collected) fails too:
+# a stage that ran nothing has checked nothing. To add a stage: define TEST_STAGE_<name> (a shell command) and
+# append <name> to TEST_STAGES; e.g. the browser check, which builds the pages first, goes after notebooks.
 # One thread per process: the test problems are small, and on 2 shared cores extra threads only contend.
+TEST_STAGES := unit notebooks
+TEST_STAGE_unit = OMP_NUM_THREADS=1 $(BIN)/python -m pytest tests -q
+TEST_STAGE_notebooks = OMP_NUM_THREADS=1 $(BIN)/python -m pytest --nbval-lax notebooks -q -p no:cacheprovider
+
 test: $(STAMP) chromium saelens-venv
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest tests -q
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest --nbval-lax notebooks -q -p no:cacheprovider
+	@failed=""; $(foreach stage,$(TEST_STAGES),\
+		echo "==> make test: stage $(stage)"; ( $(TEST_STAGE_$(stage)) ); rc=$$?; \
+		if [ $$rc -eq 5 ]; then failed="$$failed $(stage)(no tests collected)"; \
+		elif [ $$rc -ne 0 ]; then failed="$$failed $(stage)(exit $$rc)"; fi;) \
+	if [ -n "$$failed" ]; then echo "make test: failed stages:$$failed" >&2; exit 1; fi; \
+	echo "make test: every stage passed ($(TEST_STAGES))"
 
 # --all: Sphinx re-reads (so myst-nb re-executes) every page, also those whose source did not change but
 # whose results depend on the package. One thread per kernel: CI-size models are tiny, and on shared

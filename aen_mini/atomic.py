@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 
@@ -40,4 +41,11 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str] | None = None) -> Path:
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+
+    def write(tmp: Path) -> None:
+        try:
+            save_file(tensors, str(tmp), metadata=metadata)
+        except SafetensorError as err:  # safetensors reports I/O failures (a full disk) as its own error, not OSError
+            raise OSError(f"cannot write {path}: {err}") from None
+
+    return atomic_write(path, write)

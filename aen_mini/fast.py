@@ -168,7 +168,14 @@ class FastStep:
             self.optimizer.__dict__.pop("grad_scale", None)
             self.optimizer.__dict__.pop("found_inf", None)
         self.sae._last_codes = h.detach()
+        # after_step would fold the non-finite codes into the running state (the adaptive EMA, firing counters, step):
+        # keep the buffers as they were when the update is skipped, on the device (no host sync, graph-capturable).
+        buffers = list(self.sae.buffers())
+        before = [b.clone() for b in buffers]
         self._after_step()
+        skipped = ~torch.isfinite(terms["loss"].detach())
+        for buffer, old in zip(buffers, before):
+            buffer.copy_(torch.where(skipped, old, buffer))
         return terms
 
     def _eager(self, x: torch.Tensor, lr: float) -> dict[str, torch.Tensor]:

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from aen_mini.metrics import lipschitz_estimate
 from aen_mini.sae.adaptive import AdaptiveL1Weights
-from aen_mini.solve import lipschitz_bound, solve_sparse_codes
+from aen_mini.solve import lipschitz_bound, rank_deficient, solve_sparse_codes
 from aen_mini.validate import check_activations, check_nonnegative, check_positive_int
 
 __all__ = [
@@ -175,7 +175,7 @@ def active_set_lipschitz(D: Tensor, l2: float, active_sets: Tensor) -> float:
         if not support.any():
             continue
         s = torch.linalg.svdvals(D.double()[:, support])
-        if l2 == 0 and (support.sum() > s.numel() or s.min() == 0):
+        if l2 == 0 and rank_deficient(s, D.shape[0], int(support.sum())):
             return math.inf
         best = max(best, (s / (s**2 + 2 * l2)).max().item())
     return best

@@ -13,7 +13,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
-from aen_mini.solve import solve_for_sae
+from aen_mini.solve import rank_deficient, solve_for_sae
 from aen_mini.validate import check_activations, check_positive_int
 
 __all__ = [
@@ -23,11 +23,13 @@ __all__ = [
     "dead_fraction",
     "dictionary_recovery",
     "evaluate",
+    "evaluate_in_batches",
     "explained_variance",
     "l0",
     "lipschitz_estimate",
     "mse",
     "mutual_coherence",
+    "Report",
     "shrinkage_ratio",
     "support_scores",
     "usage_entropy",
@@ -116,12 +118,16 @@ def usage_entropy(h: Tensor, normalise: bool = False) -> float:
     nothing fires has no distribution and scores 0.
     """
     check_activations(h, name="h")
-    counts = (h != 0).double().sum(dim=0)
+    return _count_entropy((h != 0).double().sum(dim=0), normalise)
+
+
+def _count_entropy(counts: Tensor, normalise: bool) -> float:
+    """usage_entropy from per-latent firing counts (m,)."""
     if counts.sum() == 0:
         return 0.0
     p = counts / counts.sum()
     entropy = -(p * p.clamp_min(1e-300).log()).sum().item()  # 0 log 0 = 0
-    m = h.shape[1]
+    m = counts.shape[0]
     if normalise:
         return entropy / math.log(m) if m > 1 else 0.0
     return entropy
@@ -152,8 +158,8 @@ def active_gram_condition(D: Tensor, h: Tensor) -> float:
         if not active.any():
             continue
         singular = torch.linalg.svdvals(D64[:, active])
-        # cond(D_Sᵀ D_S) = (s_max / s_min)^2; fewer singular values than |S| means D_S is rank deficient.
-        if active.sum() > singular.numel() or singular[-1] == 0:
+        # cond(D_Sᵀ D_S) = (s_max / s_min)^2, inf when D_S is (numerically) rank deficient.
+        if rank_deficient(singular, D64.shape[0], int(active.sum())):
             conds.append(math.inf)
         else:
             conds.append((singular[0] / singular[-1]).item() ** 2)
@@ -287,7 +293,38 @@ def amortisation_gap(sae: Any, x: Tensor, **solver_kw: Any) -> dict[str, float]:
     }
 
 
-def evaluate(sae: Any, x: Tensor, codes_true: Tensor | None = None, D_true: Tensor | None = None) -> dict[str, float]:
+# How Report prints each number: label, format, what it means.
+_EXPLAINED = {
+    "dead_pct": ("dead latents", "{:.1f} %", "latents that fire on none of these inputs"),
+    "l0": ("L0", "{:.1f}", "active latents per input"),
+    "mse": ("MSE", "{:.3g}", "mean squared reconstruction error per input (summed over features)"),
+    "ev": ("explained variance", "{:.3f}", "1 = perfect reconstruction, 0 = no better than the mean"),
+    "shrinkage": ("shrinkage", "{:.3f}", "||x_hat||_1 / ||x||_1; below 1: codes shrunk by the penalty"),
+    "usage_entropy": ("usage entropy", "{:.3f}", "1 = every latent fires equally often"),
+    "recovery_mean_cos": ("dictionary recovery", "{:.3f}", "mean cosine of each true atom to its matched latent"),
+    "recovery_frac_above": ("atoms recovered", "{:.1%}", "true atoms whose matched latent has cosine > 0.9"),
+    "support_precision": ("support precision", "{:.3f}", "active latents that match a true active atom"),
+    "support_recall": ("support recall", "{:.3f}", "true active atoms whose latent is active"),
+    "support_f1": ("support F1", "{:.3f}", "harmonic mean of support precision and recall"),
+    "code_mse": ("code MSE", "{:.3g}", "squared error of the matched codes against the true ones"),
+}
+
+
+class Report(dict):
+    """The numbers of ``evaluate`` (a plain dict of floats, for code and JSON) that print as a rounded table
+    saying what each number means."""
+
+    def __str__(self) -> str:
+        rows = [(*_EXPLAINED.get(key, (key, "{:.4g}", ""))[:2], _EXPLAINED.get(key, ("", "", ""))[2], value)
+                for key, value in self.items()]
+        width = max(len(label) for label, *_ in rows)
+        values = [fmt.format(value) for _, fmt, _, value in rows]
+        value_width = max(len(v) for v in values)
+        return "\n".join(f"{label:<{width}}  {v:>{value_width}}  {meaning}".rstrip()
+                         for (label, _, meaning, _), v in zip(rows, values))
+
+
+def evaluate(sae: Any, x: Tensor, codes_true: Tensor | None = None, D_true: Tensor | None = None) -> Report:
     """The standard report for an SAE on a batch x: dead_pct (percent of latents silent on x), l0, mse,
     ev (explained variance), shrinkage, usage_entropy (normalised); with D_true also recovery_mean_cos
     and recovery_frac_above; with codes_true too, support_precision/recall/f1 and code_mse.
@@ -313,4 +350,37 @@ def evaluate(sae: Any, x: Tensor, codes_true: Tensor | None = None, D_true: Tens
             support = support_scores(codes_true, h, recovery["matching"])
             report.update({f"support_{name}": value for name, value in support.items()})
             report["code_mse"] = code_mse(codes_true, h, recovery["matching"])
-    return report
+    return Report(report)
+
+
+@torch.no_grad()
+def evaluate_in_batches(sae: Any, x: Tensor, batch_size: int = 4096) -> Report:
+    """``evaluate(sae, x)`` (dead_pct, l0, mse, ev, shrinkage, usage_entropy) computed ``batch_size`` rows at a time:
+    memory for one batch's codes instead of the whole set's (a held-out set of 16k tokens at d_sae = 16384 would
+    need 1 GiB of codes at once). Sums are float64, so the numbers equal evaluate's up to rounding."""
+    check_activations(x, name="x")
+    check_positive_int("batch_size", batch_size)
+    n = x.shape[0]
+    device = next(sae.parameters()).device
+    mean = sum(part.to(device).double().sum(dim=0) for part in x.split(batch_size)) / n
+    firings, l0_sum, sq_err, total, ratios, rows_with_norm = None, 0.0, 0.0, 0.0, 0.0, 0
+    for part in x.split(batch_size):
+        part = part.to(device)  # one batch at a time on the SAE's device
+        x_hat, h = sae(part)
+        active = (h != 0).double()
+        firings = active.sum(dim=0) if firings is None else firings + active.sum(dim=0)
+        l0_sum += active.sum().item()
+        x64, x_hat64 = part.double(), x_hat.double()
+        sq_err += (x64 - x_hat64).pow(2).sum().item()
+        total += (x64 - mean).pow(2).sum().item()
+        norm = x64.abs().sum(dim=1)
+        keep = norm > 0
+        ratios += (x_hat64.abs().sum(dim=1)[keep] / norm[keep]).sum().item()
+        rows_with_norm += int(keep.sum())
+    if total == 0:
+        raise ValueError("explained_variance is undefined for a batch x with no variance")
+    if rows_with_norm == 0:
+        raise ValueError("shrinkage_ratio is undefined when every row of x is zero")
+    return Report({"dead_pct": 100.0 * (firings == 0).double().mean().item(), "l0": l0_sum / n, "mse": sq_err / n,
+                   "ev": 1.0 - sq_err / total, "shrinkage": ratios / rows_with_norm,
+                   "usage_entropy": _count_entropy(firings, normalise=True)})

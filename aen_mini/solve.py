@@ -19,7 +19,20 @@ from torch import Tensor
 
 from aen_mini.validate import check_activations, check_nonnegative, check_positive_int
 
-__all__ = ["SparseCodes", "kkt_residual", "lipschitz_bound", "solve_for_sae", "solve_sparse_codes"]
+__all__ = ["SparseCodes", "kkt_residual", "lipschitz_bound", "rank_deficient", "solve_for_sae", "solve_sparse_codes"]
+
+
+def rank_deficient(singular: Tensor, rows: int, cols: int) -> bool:
+    """True when a (rows, cols) matrix with these singular values has numerical rank < cols.
+
+    Never test a computed singular value against exactly 0: for a rank-deficient matrix LAPACK returns round-off
+    whose size depends on the CPU (0 on one machine, 8e-20 on another). The tolerance is numpy.linalg.matrix_rank's:
+    s_max * max(rows, cols) * machine epsilon of the dtype.
+    """
+    if cols > min(rows, singular.numel()):
+        return True
+    tol = singular.max() * max(rows, cols) * torch.finfo(singular.dtype).eps
+    return bool(singular.min() <= tol)
 
 
 @dataclass
@@ -218,6 +231,6 @@ def lipschitz_bound(D: Tensor, l2: float) -> float:
     _check_tensor("D", D, 2)
     l2 = check_nonnegative("l2", l2)
     singular = torch.linalg.svdvals(D.double())
-    lambda_min = singular.min().item() ** 2 if D.shape[1] <= D.shape[0] else 0.0
+    lambda_min = 0.0 if rank_deficient(singular, *D.shape) else singular.min().item() ** 2
     mu = lambda_min + 2 * l2
     return singular.max().item() / mu if mu > 0 else math.inf

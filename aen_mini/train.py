@@ -94,8 +94,10 @@ class TrainResult:
     wall_s: float = 0.0
 
 
-def _train_state(step: int, source: ActivationSource, history: list[dict[str, float]], cfg: TrainConfig) -> dict[str, Any]:
-    return {"step": step, "source": source.state_dict(), "history": history, "train_config": asdict(cfg)}
+def _train_state(step: int, source: ActivationSource, history: list[dict[str, float]], cfg: TrainConfig,
+                 data: dict[str, Any] | None) -> dict[str, Any]:
+    state = {"step": step, "source": source.state_dict(), "history": history, "train_config": asdict(cfg)}
+    return state if data is None else {**state, "data": data}
 
 
 # TrainConfig fields that change what a run computes; the others (device, logging, checkpointing, progress, compile)
@@ -119,14 +121,59 @@ def _check_resumable(path: str | Path, saved: dict[str, Any] | None, cfg: TrainC
                          "checkpoint's settings, or start a new run)")
 
 
+def _differences(saved: dict[str, Any], current: dict[str, Any]) -> str:
+    """'name=saved there, current here' for every key whose values differ; '' if none does."""
+    differing = sorted(name for name in set(saved) | set(current) if saved.get(name) != current.get(name))
+    return "; ".join(f"{n}={saved.get(n)!r} there, {current.get(n)!r} here" for n in differing)
+
+
+def _check_same_data(path: str | Path, saved: dict[str, Any] | None, current: dict[str, Any] | None) -> None:
+    """Refuse to resume a checkpoint on other activations than it was trained on (model, hook, context length,
+    normalisation, corpus ...), naming every setting that differs with both values."""
+    if saved is None or current is None:  # a checkpoint (or run) that records no data settings: nothing to compare
+        return
+    if differences := _differences(saved, current):
+        raise ValueError(f"checkpoint {path} was trained on other data: {differences} (resume with the checkpoint's "
+                         "data settings, or start a new run)")
+
+
+def load_resumable(path: str | Path, sae: SAE, cfg: TrainConfig, data: dict[str, Any] | None = None) -> Any:
+    """Load checkpoint ``path`` for resuming ``sae`` under ``cfg`` on ``data`` (settings recorded with it), or raise a
+    ValueError naming what does not match; runs call this before writing anything, ``train`` again on resume."""
+    ckpt = load_checkpoint(path)
+    if differences := _differences(ckpt.sae.config(), sae.config()):
+        raise ValueError(f"checkpoint {path} holds a different SAE: {differences}")
+    missing = [key for key in ("step", "history", "source") if key not in ckpt.train_state]
+    if missing:
+        raise ValueError(f"checkpoint {path} holds no trainer state ({', '.join(missing)} missing): it was saved "
+                         "without train_state, so its weights load (aen_mini.checkpoint.load_sae) but it cannot be resumed")
+    _check_resumable(path, ckpt.train_state.get("train_config"), cfg)
+    _check_same_data(path, ckpt.train_state.get("data"), data)
+    return ckpt
+
+
+def _check_weights_dtype(sae: SAE, cfg: TrainConfig) -> None:
+    """The trainer keeps float32 master weights (float64 for exact tests); low precision is ``cfg.precision``."""
+    dtype = sae.W_dec.dtype
+    if dtype in (torch.float16, torch.bfloat16):
+        raise ValueError(f"the SAE's weights are {str(dtype).removeprefix('torch.')}: training keeps float32 master "
+                         "weights (call sae.float()); precision='bf16' runs the matmuls in bfloat16")
+    if dtype == torch.float64 and cfg.fast:
+        raise ValueError("fast=True trains float32 weights (bf16 or fp32 matmuls), but the SAE is float64: "
+                         "call sae.float() or drop fast")
+
+
 def train(sae: SAE, source: ActivationSource, cfg: TrainConfig, *,
           callback: Callable[[int, dict[str, float], SAE], None] | None = None,
-          resume: str | Path | None = None, parallel: SingleProcess | None = None) -> TrainResult:
+          resume: str | Path | None = None, parallel: SingleProcess | None = None,
+          data: dict[str, Any] | None = None) -> TrainResult:
     """Train ``sae`` on batches from ``source``; resume from a checkpoint file if ``resume`` is given.
 
     ``parallel``: None for one process, or a strategy from ``aen_mini.distributed`` (``DataParallel``,
     ``LatentSharded``) under torchrun; then ``source`` is this rank's source, ``cfg.batch_size`` the global batch,
-    and the returned SAE this rank's model (the whole SAE, or its latent shard)."""
+    and the returned SAE this rank's model (the whole SAE, or its latent shard).
+    ``data``: JSON-serialisable settings that identify the activations (model, hook, corpus hash ...); recorded in
+    every checkpoint, and a resume on different ones is refused."""
     if not isinstance(sae, SAE):
         raise TypeError(f"sae must be an aen_mini SAE (make_sae), got {type(sae).__name__}")
     if not isinstance(source, ActivationSource):
@@ -136,6 +183,7 @@ def train(sae: SAE, source: ActivationSource, cfg: TrainConfig, *,
         raise TypeError(f"cfg must be a TrainConfig, got {type(cfg).__name__}")
     if source.d_in != sae.d_in:
         raise ValueError(f"source yields d_in={source.d_in} but the SAE expects d_in={sae.d_in}")
+    _check_weights_dtype(sae, cfg)
     parallel = parallel or SingleProcess()
     device = torch.device(cfg.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -143,10 +191,7 @@ def train(sae: SAE, source: ActivationSource, cfg: TrainConfig, *,
     torch.manual_seed(cfg.seed)
     start, history, optimizer_state = 0, [], None
     if resume is not None:
-        ckpt = load_checkpoint(resume)
-        if ckpt.sae.config() != sae.config():
-            raise ValueError(f"checkpoint {resume} holds a different SAE: {ckpt.sae.config()} vs {sae.config()}")
-        _check_resumable(resume, ckpt.train_state.get("train_config"), cfg)
+        ckpt = load_resumable(resume, sae, cfg, data)
         sae.load_state_dict(ckpt.sae.state_dict())
         optimizer_state = ckpt.optimizer_state
         start, history = ckpt.train_state["step"], ckpt.train_state["history"]
@@ -163,8 +208,10 @@ def train(sae: SAE, source: ActivationSource, cfg: TrainConfig, *,
 
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if cfg.precision == "bf16"
                 else contextlib.nullcontext())
-    # On the CPU a per-step finiteness check is free; on a GPU it would stall the pipeline every step.
-    check_every = 1 if device.type == "cpu" else cfg.log_every
+    # The eager step must check every step, so that a NaN loss never reaches the weights; on the CPU that check is
+    # free. The fast step skips a non-finite update on the device (fused Adam's found_inf, buffers restored), so on
+    # a GPU it checks once per log window instead of stalling the pipeline every step.
+    check_every = 1 if device.type == "cpu" or fast_step is None else cfg.log_every
     pending: list[torch.Tensor] = []
     t0, tokens_at_t0 = time.perf_counter(), start * cfg.batch_size
     bar = tqdm(total=cfg.steps, initial=start, disable=not (cfg.progress and parallel.is_main), unit="step",
@@ -195,6 +242,7 @@ def train(sae: SAE, source: ActivationSource, cfg: TrainConfig, *,
             optimizer.step()
             sae.after_step(parallel.stats)
         if cfg.resample_every and (step + 1) % cfg.resample_every == 0:
+            _raise_if_nonfinite(pending, step)  # resampling from a NaN batch would write NaN into the weights
             parallel.resample(sae, x, optimizer, seed=cfg.seed * 1_000_003 + step)
 
         done = step + 1
@@ -209,7 +257,7 @@ def train(sae: SAE, source: ActivationSource, cfg: TrainConfig, *,
             if callback is not None and parallel.is_main:
                 callback(done, record, sae)
         if cfg.checkpoint_every and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
-            parallel.save_checkpoint(cfg.checkpoint_path, sae, optimizer, _train_state(done, source, history, cfg))
+            parallel.save_checkpoint(cfg.checkpoint_path, sae, optimizer, _train_state(done, source, history, cfg, data))
         bar.update(1)
     bar.close()
     return TrainResult(sae, history, time.perf_counter() - t0)
@@ -238,4 +286,4 @@ def _log_record(sae: SAE, terms: dict[str, torch.Tensor], step: int, cfg: TrainC
     return record
 
 
-__all__ = ["TrainConfig", "TrainResult", "NonFiniteLossError", "train"]
+__all__ = ["TrainConfig", "TrainResult", "NonFiniteLossError", "load_resumable", "train"]

@@ -76,3 +76,19 @@ def check_choice(name: str, value: Any, allowed: Iterable[str]) -> str:
     if value not in allowed:
         raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
     return value
+
+
+def check_device(name: str, value: Any) -> str:
+    """A torch device name that this machine's torch can use: 'cuda' on a CPU-only build is refused here, early,
+    instead of deep inside the first tensor moved there."""
+    try:
+        device = torch.device(value)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"{name} must name a torch device ('cpu', 'cuda', 'cuda:1', 'mps'), got {value!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        build = "a CPU-only build" if torch.version.cuda is None else "no visible GPU"
+        raise ValueError(f"{name}={value!r} but CUDA is not available here (torch {torch.__version__}, {build}); "
+                         "use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"{name}={value!r} but this machine has {torch.cuda.device_count()} GPU(s)")
+    return value

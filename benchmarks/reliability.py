@@ -89,16 +89,21 @@ def checkpoint_damage(tmp: Path) -> dict[str, dict[str, int]]:
     return results
 
 
-def property_tests(examples: int) -> dict[str, object]:
-    """Run tests/test_properties.py with more examples; parse hypothesis' per-test statistics."""
+def property_tests(examples: int, cli_examples: int) -> dict[str, object]:
+    """Run tests/test_properties.py with ``examples`` examples per property and the CLI property of
+    tests/test_cli_errors.py (each example a training run) with ``cli_examples``; parse hypothesis' statistics."""
     env = {**os.environ, "AEN_HYPOTHESIS_EXAMPLES": str(examples), "OMP_NUM_THREADS": "1"}
     run = subprocess.run([sys.executable, "-m", "pytest", str(REPO / "tests" / "test_properties.py"), "-q",
                           "-p", "no:cacheprovider", "--hypothesis-show-statistics"],
                          capture_output=True, text=True, env=env, cwd=REPO)
+    cli = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--hypothesis-show-statistics",
+                          str(REPO / "tests" / "test_cli_errors.py") + "::test_valid_settings_train_and_invalid_ones_are_refused"],
+                         capture_output=True, text=True, env={**env, "AEN_HYPOTHESIS_EXAMPLES": str(cli_examples)}, cwd=REPO)
+    run = subprocess.CompletedProcess(run.args, max(run.returncode, cli.returncode), run.stdout + "\n" + cli.stdout)
     per_test: dict[str, int] = {}
     current = None
     for line in run.stdout.splitlines():
-        name = re.search(r"test_properties\.py::(\w+):", line)
+        name = re.search(r"test_(?:properties|cli_errors)\.py::(\w+):", line)
         if name:
             current = name.group(1)
         counts = re.search(r"(\d+) passing, (\d+) failing", line)
@@ -107,6 +112,51 @@ def property_tests(examples: int) -> dict[str, object]:
     summary = re.findall(r"(\d+) (passed|failed)", run.stdout)
     return {"examples_per_property": per_test, "pytest": " ".join(f"{n} {w}" for n, w in summary),
             "all_passed": run.returncode == 0}
+
+
+def _ended(done: subprocess.CompletedProcess) -> dict[str, object]:
+    lines = done.stderr.strip().splitlines()
+    clean = done.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ")
+    return {"exit": done.returncode, "stderr_lines": len(lines), "message": (lines[-1] if lines else "")[:160],
+            "refused_cleanly": clean}
+
+
+def _tmpfs(folder: Path, size: str = "64k") -> bool:
+    """A tiny tmpfs at ``folder`` (a real full disk), where mounting is allowed (root in a container)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                          capture_output=True).returncode == 0
+
+
+def adversarial_cli(tmp: Path) -> list[dict[str, object]]:
+    """The CLI's adversarial inputs (tests/test_cli_errors.py, plus run-folder cases that need a run first), each run
+    as a subprocess; clean means exit status 2 and one line on stderr starting with 'error: '."""
+    from test_cli_errors import SPIKED, _cli, adversarial_cases
+
+    from aen_mini.runfolder import RunFolderLock
+
+    tmp.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for name, (argv, _) in adversarial_cases(tmp).items():
+        rows.append({"input": name, **_ended(_cli(*argv, cwd=tmp))})
+    run = [*SPIKED, "--out", str(tmp / "run")]
+    assert _cli(*run).returncode == 0, "the reference run failed"
+    rows.append({"input": "train into a folder holding a run (no --overwrite)", **_ended(_cli(*run))})
+    rows.append({"input": "--resume with other data (--rho)", **_ended(_cli(*run, "--resume", "--rho", "0.3"))})
+    rows.append({"input": "--resume with another learning rate", **_ended(_cli(*run, "--resume", "--lr", "0.01"))})
+    with RunFolderLock(tmp / "locked"):
+        rows.append({"input": "a second run on a locked folder", **_ended(_cli(*SPIKED, "--out", str(tmp / "locked")))})
+    full = tmp / "full"
+    if _tmpfs(full):
+        try:
+            rows.append({"input": "disk full (64 KiB tmpfs)", **_ended(_cli(*SPIKED, "--latents", "256", "--out", str(full / "run")))})
+        finally:
+            subprocess.run(["umount", str(full)], capture_output=True)
+    else:
+        rows.append({"input": "disk full (64 KiB tmpfs)", "exit": None, "stderr_lines": None,
+                     "message": "not tried: mounting a tmpfs needs root (tests/test_cli_errors.py simulates ENOSPC)",
+                     "refused_cleanly": None})
+    return rows
 
 
 def kill_resume(kills: int, tmp: Path) -> list[dict[str, object]]:
@@ -122,12 +172,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kills", type=int, default=3, help="SIGKILLs per training run")
     parser.add_argument("--examples", type=int, default=300, help="hypothesis examples per property")
+    parser.add_argument("--cli-examples", type=int, default=60, help="examples of the CLI property (each a training run)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         damage = checkpoint_damage(Path(tmp))
-        properties = property_tests(args.examples)
+        properties = property_tests(args.examples, args.cli_examples)
+        adversarial = adversarial_cli(Path(tmp) / "cli")
         cycles = kill_resume(args.kills, Path(tmp))
     kills_total = sum(len(r["kills"]) for r in cycles)
     kills_landed = sum(k["killed"] for r in cycles for k in r["kills"])
@@ -136,13 +188,21 @@ def main() -> None:
     import safetensors
 
     report = {
-        "command": f"python benchmarks/reliability.py --kills {args.kills} --examples {args.examples}",
+        "command": f"python benchmarks/reliability.py --kills {args.kills} --examples {args.examples} "
+                   f"--cli-examples {args.cli_examples}",
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                     "cpu_count": os.cpu_count(), "torch_threads": 1},
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
                      "safetensors": safetensors.__version__, "hypothesis": hypothesis.__version__, "git": commit},
         "checkpoint_damage": damage,
         "property_tests": properties,
+        "adversarial_cli": adversarial,
+        "counts": {"kills_survived": sum(k["killed"] for r in cycles for k in r["kills"] if r["nothing_lost"]),
+                   "kills": kills_total,
+                   "corruptions_refused": sum(c["refused_cleanly"] for c in damage.values()),
+                   "corruptions_tried": sum(c["tried"] for c in damage.values()),
+                   "adversarial_inputs_refused_cleanly": sum(bool(a["refused_cleanly"]) for a in adversarial),
+                   "adversarial_inputs_tried": sum(a["exit"] is not None for a in adversarial)},
         "kill_resume": {"runs": cycles, "kills": kills_total, "kills_that_landed_mid_run": kills_landed,
                         "runs_with_nothing_lost": sum(r["nothing_lost"] for r in cycles)},
         "wall_s": round(time.perf_counter() - t0, 1),
@@ -154,14 +214,26 @@ def main() -> None:
 
 
 def markdown(r: dict) -> str:
+    c = r["counts"]
     lines = ["# Reliability benchmark", "", f"Command: `{r['command']}` ({r['wall_s']} s)  ",
              f"Machine: {r['machine']['platform']}, {r['machine']['cpu_count']} CPUs (1 torch thread)  ",
              "Versions: " + ", ".join(f"{k} {v}" for k, v in r["versions"].items()), "",
-             "## Bad inputs", "", "| category | tried | refused cleanly (ValueError naming the file) |", "|---|---:|---:|"]
+             "| count | |", "|---|---:|",
+             f"| SIGKILLs survived (the run resumed and ended bitwise equal to an uninterrupted one) | {c['kills_survived']} of {c['kills']} |",
+             f"| damaged or foreign checkpoints refused with a ValueError naming the file | {c['corruptions_refused']} of {c['corruptions_tried']} |",
+             f"| adversarial command lines that ended with status 2 and one line | {c['adversarial_inputs_refused_cleanly']} of {c['adversarial_inputs_tried']} |",
+             "", "## Adversarial command lines", "",
+             "Each a `python -m aen_mini` subprocess (tests/test_cli_errors.py holds the same cases as tests).", "",
+             "| input | exit | stderr lines | message |", "|---|---:|---:|---|"]
+    lines += [f"| {a['input']} | {a['exit'] if a['exit'] is not None else '–'} | "
+              f"{a['stderr_lines'] if a['stderr_lines'] is not None else '–'} | {a['message'].replace('|', '/')} |"
+              for a in r["adversarial_cli"]]
+    lines += ["", "## Bad inputs", "", "| category | tried | refused cleanly (ValueError naming the file) |", "|---|---:|---:|"]
     lines += [f"| {name} | {c['tried']} | {c['refused_cleanly']} |" for name, c in r["checkpoint_damage"].items()]
     p = r["property_tests"]
-    lines += ["", "Property tests (tests/test_properties.py; every example either works with finite results or "
-              "raises a clear ValueError/TypeError):", "", "| property | examples |", "|---|---:|"]
+    lines += ["", "Property tests (tests/test_properties.py: every example either works with finite results or "
+              "raises a clear ValueError/TypeError; tests/test_cli_errors.py: valid run settings train, invalid ones end "
+              "with status 2 and one line):", "", "| property | examples |", "|---|---:|"]
     lines += [f"| {name} | {n} |" for name, n in p["examples_per_property"].items()]
     lines += ["", f"pytest: {p['pytest']} ({'all passed' if p['all_passed'] else 'FAILURES'})", "",
               "## Kill / resume", "", "| variant | kills (landed mid-run) | resumed from steps | lost |", "|---|---:|---|---|"]

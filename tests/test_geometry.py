@@ -95,3 +95,24 @@ def test_bad_inputs_are_rejected() -> None:
         code_path(unit_atoms([0, 90]), [0, 0], [1, 1], 0.1, n_points=1)
     with pytest.raises(ValueError, match="start and end"):
         code_path(unit_atoms([0, 90]), [0, 0, 0], [1, 1], 0.1)
+
+
+def test_rank_deficiency_does_not_depend_on_the_cpus_round_off(monkeypatch) -> None:
+    """Some CPUs' LAPACK return 8e-20 instead of 0 for the zero singular value of two parallel atoms (issue 15):
+    the answer must be inf on every machine, so emulate that round-off here."""
+    from aen_mini.metrics import active_gram_condition
+
+    exact = torch.linalg.svdvals
+
+    def noisy_svdvals(A: torch.Tensor) -> torch.Tensor:
+        s = exact(A)
+        return torch.where(s < 1e-12 * s.max(), torch.full_like(s, 8e-20), s)
+
+    monkeypatch.setattr(torch.linalg, "svdvals", noisy_svdvals)
+    parallel = unit_atoms([10.0, 10.0])
+    both = torch.tensor([[True, True]])
+    assert active_set_lipschitz(parallel, 0.0, both) == math.inf
+    assert active_gram_condition(parallel, torch.ones(1, 2, dtype=torch.float64)) == math.inf
+    square = torch.tensor([[1.0, 2.0], [2.0, 4.0]], dtype=torch.float64)  # rank 1, square: lambda_min(DᵀD) = 0
+    assert lipschitz_bound(square, 0.0) == math.inf
+    assert active_set_lipschitz(parallel, 0.5, both) < math.inf  # the ridge keeps it finite

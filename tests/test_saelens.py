@@ -82,7 +82,9 @@ def test_saelens_loads_our_export_and_computes_the_same_map(roundtrip, variant):
         h = sae.encode(x)
         x_hat = sae.decode(h)
     assert (h > 0).any(dim=1).float().mean() > 0.5  # a real test: most rows have active latents
-    assert torch.equal(h > 0, theirs["encode"] > 0)  # the same latents fire
+    # the same latents fire, except where both codes are round-off away from 0 (two code paths, any CPU)
+    differs = (h > 0) != (theirs["encode"] > 0)
+    assert not (differs & (h.abs() + theirs["encode"].abs() > 1e-5)).any()
     torch.testing.assert_close(theirs["encode"], h, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(theirs["decode"], x_hat, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(theirs["forward"], x_hat, rtol=1e-5, atol=1e-5)

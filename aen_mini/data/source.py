@@ -53,5 +53,10 @@ class TensorSource:
         return {"epoch": self.epoch, "position": self.position}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+        epoch, position = int(state["epoch"]), int(state["position"])
+        n = self.activations.shape[0]
+        if epoch < 0 or not 0 <= position <= n:  # past the rows, next_batch would never reach the epoch's end
+            raise ValueError(f"state (epoch={epoch}, position={position}) does not fit this source of {n} rows: "
+                             "it was saved by a source over other activations")
+        self.epoch, self.position = epoch, position
         self._order = self._permutation(self.epoch)
