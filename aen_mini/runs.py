@@ -28,8 +28,8 @@ SAE_ARGS = {"l1": "l1_coeff", "l2": "l2_coeff", "k": "k", "gamma": "gamma", "ema
 
 @dataclass
 class RunConfig:
-    model: str = "tiny-neox"
-    hook: str = "blocks.3.hook_resid_post"
+    model: str = "smollm2-135m"  # the default offline causal model (aen_mini.models.DEFAULT_OFFLINE_MODEL)
+    hook: str = "blocks.15.hook_resid_post"
     sae: str = "aen"
     latents: int = 4096
     tokens: int | str = "1M"
