@@ -50,7 +50,7 @@ class RunConfig:
     aux_coeff: float | None = None
     dead_after_tokens: int | None = None
     # data
-    corpus: str = "stdlib"  # "stdlib", a file or folder of text, or "hf:DATASET" (online)
+    corpus: str = "english"  # "english" (offline, real prose), "stdlib", a file or folder of text, or "hf:DATASET" (online)
     ctx_len: int = 128
     max_contexts: int | None = None
     eval_contexts: int = 32  # held out from training: the last contexts of the corpus
