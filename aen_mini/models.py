@@ -192,6 +192,55 @@ class LanguageModel:
         return f"LanguageModel({self.name!r}: {self.label}; d_model={self.d_model}, n_layers={self.n_layers})"
 
 
+class HFHookedModel:
+    """A causal transformers model with ``LanguageModel``'s interface and no TransformerBridge: forward hooks on its
+    decoder layers give ``blocks.{i}.hook_resid_post`` (the layer's output hidden state, as the bridge names it).
+
+    For machines without transformer-lens (e.g. a GPU image); ``load_model(..., backend="hf")`` builds one.
+    Llama-style models only (``model.model.layers``); only the resid_post hooks exist.
+    """
+
+    def __init__(self, info: ModelInfo, hf_model: Any, tokenizer: Any, context_format: ContextFormat) -> None:
+        self.info, self.hf_model, self.tokenizer, self.context_format = info, hf_model, tokenizer, context_format
+        self.layers = hf_model.model.layers
+        self.n_layers = len(self.layers)
+        self.d_model = int(hf_model.config.hidden_size)
+        self.hook_names: tuple[str, ...] = tuple(f"blocks.{i}.hook_resid_post" for i in range(self.n_layers))
+
+    name, kind, label, online = LanguageModel.name, LanguageModel.kind, LanguageModel.label, LanguageModel.online
+    bos_token_id = LanguageModel.bos_token_id
+    check_hook = LanguageModel.check_hook
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.hf_model.parameters()).device
+
+    def run_with_hooks(self, tokens: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                       hooks: Sequence[tuple[str, Callable[[torch.Tensor], torch.Tensor | None]]] = ()) -> torch.Tensor:
+        handles = []
+
+        def wrap(fn: Callable[[torch.Tensor], torch.Tensor | None]) -> Callable[..., Any]:
+            def hook(module: Any, args: Any, output: Any) -> Any:
+                hidden = output[0] if isinstance(output, tuple) else output
+                new = fn(hidden)
+                if new is None:
+                    return None
+                return (new, *output[1:]) if isinstance(output, tuple) else new
+            return hook
+
+        try:
+            for name, fn in hooks:
+                handles.append(self.layers[self.check_hook(name)].register_forward_hook(wrap(fn)))
+            kwargs = {} if attention_mask is None else {"attention_mask": attention_mask.long()}
+            return self.hf_model(tokens, use_cache=False, **kwargs).logits
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def __repr__(self) -> str:
+        return f"HFHookedModel({self.name!r}: {self.label}; d_model={self.d_model}, n_layers={self.n_layers})"
+
+
 class _EncoderDone(Exception):
     """Raised from the last block's hook to skip an encoder's unused head."""
 
@@ -309,15 +358,19 @@ def _context_format(info: ModelInfo, tokenizer: Any) -> ContextFormat:
 
 
 def load_model(name: str, device: str | torch.device = "cpu", dtype: torch.dtype | None = None, hf_model: Any = None,
-               config_overrides: dict[str, Any] | None = None, seed: int = 0) -> LanguageModel:
+               config_overrides: dict[str, Any] | None = None, seed: int = 0,
+               backend: str = "bridge") -> LanguageModel | HFHookedModel:
     """Load a registry model into a TransformerBridge.
 
     ``hf_model``: a transformers model you already built (it is used as is; the tokenizer still comes from
     the registry). ``config_overrides`` (shaped stand-ins only): e.g. ``{"num_hidden_layers": 2,
     "hidden_size": 64, "intermediate_size": 128}`` for a tiny CPU variant. ``seed``: random init of the
-    shaped stand-ins.
+    shaped stand-ins. ``backend``: ``"bridge"`` (TransformerLens, every hook) or ``"hf"`` (plain transformers with
+    forward hooks, resid_post only, Llama-style causal models; for machines without transformer-lens).
     """
     info = model_info(name)
+    if backend not in ("bridge", "hf"):
+        raise ValueError(f"backend must be 'bridge' or 'hf', got {backend!r}")
     if config_overrides and name not in _SHAPED_CONFIGS:
         raise ValueError(f"config_overrides only apply to the random-init stand-ins {list(_SHAPED_CONFIGS)}, not {name!r}")
     dtype = info.default_dtype if dtype is None else dtype
@@ -328,6 +381,10 @@ def load_model(name: str, device: str | torch.device = "cpu", dtype: torch.dtype
     hf_model.eval()
     if config_overrides:  # a resized stand-in must not be mistaken for the full-size one
         info = replace(info, label=f"{info.label}, resized {config_overrides}")
+    if backend == "hf":
+        if info.kind != "causal" or not hasattr(getattr(hf_model, "model", None), "layers"):
+            raise ValueError(f"backend='hf' needs a Llama-style causal model (model.model.layers); {name!r} is not one")
+        return HFHookedModel(info, hf_model, tokenizer, _context_format(info, tokenizer))
     from transformer_lens.model_bridge import TransformerBridge
 
     # The bridge normalises (and may extend) the tokenizer it is given: give it a copy so ours keeps its ids.

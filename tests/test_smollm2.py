@@ -100,3 +100,21 @@ def test_cached_weights_equal_a_fresh_dequantisation():
         assert torch.equal(value, fresh_state[name]), name
     missing = fresh_state.keys() - cached.keys()
     assert missing <= {"lm_head.weight"} and fresh.config.tie_word_embeddings  # tied to the embedding, saved once
+
+
+def test_hf_backend_matches_the_bridge(model):
+    """The plain-transformers backend (GPU images without transformer-lens) gives the bridge's hook and logits."""
+    from aen_mini.models import load_model
+
+    hf = load_model("smollm2-135m", backend="hf")
+    assert hf.hook_names[15] == "blocks.15.hook_resid_post" and hf.d_model == 576
+    ids = model.tokenizer("It was the best of times, it was the worst of times", return_tensors="pt").input_ids
+    got_bridge, got_hf = [], []
+    with torch.no_grad():
+        logits_bridge = model.run_with_hooks(ids, hooks=[("blocks.15.hook_resid_post", got_bridge.append)])
+        logits_hf = hf.run_with_hooks(ids, hooks=[("blocks.15.hook_resid_post", got_hf.append)])
+        zeroed = hf.run_with_hooks(ids, hooks=[("blocks.15.hook_resid_post", torch.zeros_like)])
+    assert torch.allclose(got_bridge[0], got_hf[0], atol=1e-3, rtol=1e-3)
+    assert torch.allclose(logits_bridge, logits_hf, atol=1e-2, rtol=1e-3)
+    assert not torch.allclose(zeroed, logits_hf, atol=1.0)  # a replacement returned by the hook is used
+    assert not hf.layers[15]._forward_hooks  # hooks are removed after the call

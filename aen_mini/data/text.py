@@ -202,6 +202,12 @@ def _token_stream(texts: Iterable[str], tokenizer: Any, separator_id: int | None
 
 def tokenize_corpus(texts: Iterable[str], tokenizer: Any, fmt: ContextFormat, ctx_len: int, max_contexts: int | None = None) -> TokenBatch:
     """Cut the documents' token stream into contexts of ``ctx_len`` tokens (special tokens included)."""
+    return stream_contexts(_token_stream(texts, tokenizer, fmt.separator_id), fmt, ctx_len, max_contexts)
+
+
+def stream_contexts(stream: Iterable[int], fmt: ContextFormat, ctx_len: int, max_contexts: int | None = None) -> TokenBatch:
+    """Cut a token stream (documents already joined by ``fmt.separator_id``, e.g. a pre-tokenised corpus) into
+    contexts of ``ctx_len`` tokens: prefix, body, suffix; only the last context is padded."""
     check_positive_int("ctx_len", ctx_len)
     if max_contexts is not None:
         check_positive_int("max_contexts", max_contexts)
@@ -210,8 +216,8 @@ def tokenize_corpus(texts: Iterable[str], tokenizer: Any, fmt: ContextFormat, ct
         raise ValueError(f"ctx_len={ctx_len} leaves no room for text between the special tokens")
     rows: list[list[int]] = []
     current: list[int] = []
-    for token in _token_stream(texts, tokenizer, fmt.separator_id):
-        current.append(token)
+    for token in stream:
+        current.append(int(token))
         if len(current) == body:
             rows.append(current)
             current = []
