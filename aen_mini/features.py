@@ -91,6 +91,18 @@ def _token_text(tokenizer: Any, token_id: int) -> str:
     return text.replace("\n", "\u23ce").replace("\t", "\u21e5") or "\u2205"
 
 
+def context_row_html(texts: list[str], acts: list[float], top: int, value: float, peak: float) -> str:
+    """One table row: the tokens ``texts``, each shaded by its activation (``peak`` = full colour), token ``top``
+    outlined, ``value`` in the first column."""
+    cells = []
+    for q, (text, a) in enumerate(zip(texts, acts)):
+        alpha = max(0.0, a) / peak if peak > 0 else 0.0
+        outline = "outline:2px solid #c00;" if q == top else ""
+        cells.append(f'<span style="background:rgba(255,120,0,{alpha:.2f});{outline}white-space:pre" '
+                     f'title="{a:.3f}">{html.escape(text)}</span>')
+    return f'<tr><td style="padding-right:1em">{value:.3f}</td><td>{"".join(cells)}</td></tr>'
+
+
 @torch.no_grad()
 def top_contexts_html(model: Any, sae: Any, stats: FeatureStats, tokens: TokenBatch | torch.Tensor, hook_name: str,
                       latent: int, normalizer: ActivationNormalizer | None = None, window: int = 8) -> str:
@@ -110,16 +122,9 @@ def top_contexts_html(model: Any, sae: Any, stats: FeatureStats, tokens: TokenBa
     rows.append('<table style="font-family:monospace;border-collapse:collapse">')
     for i, (c, p, v) in enumerate(zip(contexts.tolist(), positions.tolist(), values.tolist())):
         lo, hi = max(0, p - window), min(batch.tokens.shape[1], p + window + 1)
-        cells = []
-        for q in range(lo, hi):
-            if not batch.attention_mask[c, q]:
-                continue
-            alpha = max(0.0, float(acts[i, q])) / peak
-            outline = "outline:2px solid #c00;" if q == p else ""
-            text = html.escape(_token_text(model.tokenizer, int(batch.tokens[c, q])))
-            cells.append(f'<span style="background:rgba(255,120,0,{alpha:.2f});{outline}white-space:pre" '
-                         f'title="{float(acts[i, q]):.3f}">{text}</span>')
-        rows.append(f'<tr><td style="padding-right:1em">{v:.3f}</td><td>{"".join(cells)}</td></tr>')
+        keep = [q for q in range(lo, hi) if batch.attention_mask[c, q]]
+        texts = [_token_text(model.tokenizer, int(batch.tokens[c, q])) for q in keep]
+        rows.append(context_row_html(texts, [float(acts[i, q]) for q in keep], keep.index(p), v, peak))
     rows.append("</table>")
     return "\n".join(rows)
 

@@ -106,3 +106,17 @@ def test_first_fire_index_matches_a_direct_scan():
     fires = sae.encode(x) > 0
     expected = torch.tensor([int(fires[:, j].nonzero()[0]) if fires[:, j].any() else 50 for j in range(16)])
     assert torch.equal(first_fire_index(sae, x, chunk=7), expected)  # chunks that do not divide the rows
+
+
+def test_dataset_normalizer_uses_one_scale_and_round_trips():
+    from aen_mini.data.activations import DatasetNormalizer
+
+    x = torch.tensor([[3.0, 4.0], [0.0, 10.0]])  # norms 5 and 10
+    norm = DatasetNormalizer.fit(x)
+    assert norm.scale == pytest.approx(7.5 / 2 ** 0.5)
+    x_n, scale = norm.normalize(x)
+    assert torch.allclose(x_n.norm(dim=1).mean(), torch.tensor(2 ** 0.5))  # mean norm sqrt(d), not each row's
+    assert torch.allclose(x_n[1].norm() / x_n[0].norm(), torch.tensor(2.0))  # the ratio of norms survives
+    assert torch.allclose(norm.denormalize(x_n, scale), x)
+    with pytest.raises(ValueError, match="scale must be > 0"):
+        DatasetNormalizer(2, 0.0)
