@@ -5,6 +5,7 @@
     5: next_token_kl(logits_clean, logits_patched) -> mean over positions of KL(clean || patched), nats
     6: sae_train_memory_gb(d_in, d_sae, batch_size, compute_bytes) -> GB of GPU memory for one training step
     6: tokens_to_see(density, confidence) -> tokens needed to see a latent of that density fire at least once
+    6: plan_fits(d_in, d_sae, tokens, batch_size, gpu_gb) -> (fits in bf16, hours of SAE steps at 100 TFLOP/s)
 """
 from __future__ import annotations
 
@@ -172,3 +173,29 @@ def check_tokens_to_see(fn: Callable[..., Any]) -> Feedback:
         return None
 
     return _run_cases(fn, cases, lambda got, exp: _mismatch("w", got, exp), hint)
+
+
+@exercise("plan_fits")
+def check_plan_fits(fn: Callable[..., Any]) -> Feedback:
+    """fn(d_in, d_sae, tokens, batch_size, gpu_gb) -> (plan_run(...bf16).total_gpu_gb <= gpu_gb, hours at 100 TFLOP/s)."""
+    cases = []
+    for d, m, t, b, gb in ((576, 18432, 204_800_000, 8192, 24), (4096, 131072, 409_600_000, 4096, 80),
+                           (4096, 131072, 409_600_000, 4096, 16), (512, 4096, 204_800_000, 8192, 2)):
+        plan = plan_run(d, m, t, b, compute_dtype="bf16")
+        expected = torch.tensor([float(plan.total_gpu_gb <= gb), plan.hours_at["100 TFLOP/s"]], dtype=torch.float64)
+        cases.append((f"d_in={d}, d_sae={m}, tokens={t:,}, batch={b}, a {gb} GB GPU", (d, m, t, b, gb), expected))
+
+    def as_pair(got: Any) -> Any:
+        return [float(got[0]), float(got[1])] if isinstance(got, (tuple, list)) and len(got) == 2 else got
+
+    def hint(args: tuple[Any, ...], got: Any) -> str | None:
+        d, m, t, b, _ = args
+        plan = plan_run(d, m, t, b, compute_dtype="bf16")
+        pair = as_pair(got)
+        if isinstance(pair, list) and math.isclose(pair[1], plan.hours_at["100 TFLOP/s"] * 60, rel_tol=1e-3):
+            return "return hours, not minutes."
+        if isinstance(pair, list) and math.isclose(pair[1], 6 * d * m * t / 1e14 / 3600, rel_tol=1e-3):
+            return "a training token costs 12 d m FLOP (forward and backward of encoder and decoder), not 6 d m."
+        return None
+
+    return _run_cases(fn, cases, lambda got, exp: _mismatch("(fits, hours)", as_pair(got), exp), hint)

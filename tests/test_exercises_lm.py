@@ -32,7 +32,14 @@ def tokens_to_see(density, confidence):
     return math.ceil(math.log(1 - confidence) / math.log(1 - density))
 
 
-SOLUTIONS = {"spliced_activation": spliced_activation, "dead_pct_by_window": dead_pct_by_window,
+def plan_fits(d_in, d_sae, tokens, batch_size, gpu_gb):
+    from aen_mini.planning import plan_run
+
+    plan = plan_run(d_in, d_sae, tokens, batch_size, compute_dtype="bf16")
+    return plan.total_gpu_gb <= gpu_gb, plan.hours_at["100 TFLOP/s"]
+
+
+SOLUTIONS = {"plan_fits": plan_fits, "spliced_activation": spliced_activation, "dead_pct_by_window": dead_pct_by_window,
              "next_token_kl": next_token_kl, "sae_train_memory_gb": sae_train_memory_gb, "tokens_to_see": tokens_to_see}
 
 MISTAKES = [
@@ -48,6 +55,8 @@ MISTAKES = [
     ("sae_train_memory_gb", lambda d, m, b, c: 16 * (2 * d * m + d + m) / 1e9, "one step's activations"),
     ("tokens_to_see", lambda p, q: math.log(1 - q) / math.log(1 - p), "round up"),
     ("tokens_to_see", lambda p, q: math.ceil(q / p), "(1 - p)^w"),
+    ("plan_fits", lambda d, m, t, b, gb: (True, 6 * d * m * t / 1e14 / 3600), "12 d m"),
+    ("plan_fits", lambda d, m, t, b, gb: (plan_fits(d, m, t, b, gb)[0], 60 * plan_fits(d, m, t, b, gb)[1]), "minutes"),
 ]
 
 
