@@ -36,6 +36,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -295,6 +296,7 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
     meta["end_to_end_per_sae_s"] = ((bench.model_load_s + bench.harvest_s) / max(total_final, 1)
                                     + sum(r["train_wall_s"] * r["calibration_runs"] + r["eval_wall_s"] for r in rows) / max(total_final, 1))
     write()
+    shutil.rmtree(scratch, ignore_errors=True)  # the SAE checkpoints: the records above are what is kept
     return {"metadata": meta, "rows": rows}
 
 
