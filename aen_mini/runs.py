@@ -15,6 +15,7 @@ import torch
 
 from aen_mini.atomic import atomic_write_text
 from aen_mini.checkpoint import load_sae
+from aen_mini.models import DEFAULT_OFFLINE_HOOK, DEFAULT_OFFLINE_MODEL
 from aen_mini.planning import parse_count
 from aen_mini.sae import SAE, hyperparameter_names, make_sae
 from aen_mini.train import TrainConfig, train
@@ -28,8 +29,8 @@ SAE_ARGS = {"l1": "l1_coeff", "l2": "l2_coeff", "k": "k", "gamma": "gamma", "ema
 
 @dataclass
 class RunConfig:
-    model: str = "smollm2-135m"  # the default offline causal model (aen_mini.models.DEFAULT_OFFLINE_MODEL)
-    hook: str = "blocks.15.hook_resid_post"
+    model: str = DEFAULT_OFFLINE_MODEL  # SmolLM2-135M-Instruct, offline
+    hook: str = DEFAULT_OFFLINE_HOOK
     sae: str = "aen"
     latents: int = 4096
     tokens: int | str = "1M"
