@@ -374,3 +374,8 @@ def check_warmup_ramp(fn: Callable[..., Any]) -> Feedback:
         return None
 
     return _run_cases(fn, cases, lambda got, exp: _mismatch("r", got, exp), hint)
+
+
+# The language-model chapters' checkers live in their own module and register here (imported last: they use the
+# machinery above).
+from aen_mini import exercises_lm as _exercises_lm  # noqa: E402,F401

@@ -4,7 +4,8 @@
 the firing count and the ``top_k`` strongest activations with where they happened. The rest works from
 those numbers: ``top_contexts_html`` (the contexts around a latent's top activations, tokens shaded by the
 latent's activation, the top token outlined), ``density_histogram`` (log10 firing frequency over latents)
-and ``activation_histogram`` (one latent's nonzero activations). They return data and HTML, not figures:
+and ``activation_histogram`` (one latent's nonzero activations). ``first_fire_index`` and ``dead_pct_by_window``
+show how "dead %" depends on the number of tokens it is counted over. They return data and HTML, not figures:
 drawing is ``aen_mini.plots``' job.
 """
 from __future__ import annotations
@@ -90,6 +91,18 @@ def _token_text(tokenizer: Any, token_id: int) -> str:
     return text.replace("\n", "\u23ce").replace("\t", "\u21e5") or "\u2205"
 
 
+def context_row_html(texts: list[str], acts: list[float], top: int, value: float, peak: float) -> str:
+    """One table row: the tokens ``texts``, each shaded by its activation (``peak`` = full colour), token ``top``
+    outlined, ``value`` in the first column."""
+    cells = []
+    for q, (text, a) in enumerate(zip(texts, acts)):
+        alpha = max(0.0, a) / peak if peak > 0 else 0.0
+        outline = "outline:2px solid #c00;" if q == top else ""
+        cells.append(f'<span style="background:rgba(255,120,0,{alpha:.2f});{outline}white-space:pre" '
+                     f'title="{a:.3f}">{html.escape(text)}</span>')
+    return f'<tr><td style="padding-right:1em">{value:.3f}</td><td>{"".join(cells)}</td></tr>'
+
+
 @torch.no_grad()
 def top_contexts_html(model: Any, sae: Any, stats: FeatureStats, tokens: TokenBatch | torch.Tensor, hook_name: str,
                       latent: int, normalizer: ActivationNormalizer | None = None, window: int = 8) -> str:
@@ -109,16 +122,9 @@ def top_contexts_html(model: Any, sae: Any, stats: FeatureStats, tokens: TokenBa
     rows.append('<table style="font-family:monospace;border-collapse:collapse">')
     for i, (c, p, v) in enumerate(zip(contexts.tolist(), positions.tolist(), values.tolist())):
         lo, hi = max(0, p - window), min(batch.tokens.shape[1], p + window + 1)
-        cells = []
-        for q in range(lo, hi):
-            if not batch.attention_mask[c, q]:
-                continue
-            alpha = max(0.0, float(acts[i, q])) / peak
-            outline = "outline:2px solid #c00;" if q == p else ""
-            text = html.escape(_token_text(model.tokenizer, int(batch.tokens[c, q])))
-            cells.append(f'<span style="background:rgba(255,120,0,{alpha:.2f});{outline}white-space:pre" '
-                         f'title="{float(acts[i, q]):.3f}">{text}</span>')
-        rows.append(f'<tr><td style="padding-right:1em">{v:.3f}</td><td>{"".join(cells)}</td></tr>')
+        keep = [q for q in range(lo, hi) if batch.attention_mask[c, q]]
+        texts = [_token_text(model.tokenizer, int(batch.tokens[c, q])) for q in keep]
+        rows.append(context_row_html(texts, [float(acts[i, q]) for q in keep], keep.index(p), v, peak))
     rows.append("</table>")
     return "\n".join(rows)
 
@@ -150,3 +156,30 @@ def activation_histogram(model: Any, sae: Any, tokens: TokenBatch | torch.Tensor
     counts = torch.histc(nonzero, bins=bins, min=0.0, max=top).long()
     return {"edges": torch.linspace(0.0, top, bins + 1).tolist(), "counts": counts.tolist(), "n_nonzero": len(nonzero),
             "n_tokens": int(batch.mask.sum()), "xlabel": f"latent {latent} activation", "ylabel": "tokens"}
+
+
+@torch.no_grad()
+def first_fire_index(sae: Any, x: torch.Tensor, chunk: int = 65_536) -> torch.Tensor:
+    """For each latent, the index of the first row of ``x`` (SAE inputs, in order) on which it fires;
+    ``len(x)`` for a latent that never fires. One pass, ``chunk`` rows at a time."""
+    check_positive_int("chunk", chunk)
+    param = next(sae.parameters())
+    first = torch.full((sae.d_sae,), len(x), dtype=torch.long, device=param.device)
+    for start in range(0, len(x), chunk):
+        fires = sae.encode(x[start:start + chunk].to(param.device, param.dtype)) > 0
+        rows = torch.arange(start, start + len(fires), device=param.device).unsqueeze(1)
+        first = torch.minimum(first, torch.where(fires, rows, len(x)).min(dim=0).values)
+    return first.cpu()
+
+
+def dead_pct_by_window(first_fire: torch.Tensor, windows: list[int], n_rows: int) -> list[float]:
+    """Dead % counted over the first ``w`` tokens, for each ``w`` in ``windows`` (at most ``n_rows``, the rows
+    ``first_fire`` was computed on): the share of latents whose first firing comes at index ``w`` or later. It can only fall as the window grows: a rare latent looks dead on a
+    short window (a latent firing on a fraction p of tokens is missed by w tokens with probability (1 - p)^w)."""
+    if first_fire.ndim != 1 or first_fire.numel() == 0:
+        raise ValueError("first_fire must be a non-empty 1-D tensor (first_fire_index(...))")
+    for w in windows:
+        check_positive_int("window", w)
+        if w > n_rows:
+            raise ValueError(f"window {w} is longer than the {n_rows} rows first_fire was computed on")
+    return [100.0 * float((first_fire >= w).double().mean()) for w in windows]

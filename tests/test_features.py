@@ -84,3 +84,39 @@ def test_cache_round_trip_and_resume(neox, tokens, tmp_path):
     assert torch.equal(again.next_batch(40), expected)
     with pytest.raises(ValueError, match="already holds"):
         cache_activations(neox, tokens, HOOK, tmp_path / "cache")
+
+
+def test_dead_pct_by_window_counts_latents_not_yet_fired():
+    from aen_mini.features import dead_pct_by_window
+
+    first = torch.tensor([0, 5, 99, 100])  # the last latent never fired in 100 tokens
+    assert dead_pct_by_window(first, [1, 6, 100], n_rows=100) == [75.0, 50.0, 25.0]
+    with pytest.raises(ValueError, match="window"):
+        dead_pct_by_window(first, [0], n_rows=100)
+    with pytest.raises(ValueError, match="longer than the 100 rows"):
+        dead_pct_by_window(first, [1000], n_rows=100)
+
+
+def test_first_fire_index_matches_a_direct_scan():
+    from aen_mini.features import first_fire_index
+    from aen_mini.sae import make_sae
+
+    sae = make_sae("relu_l1", 8, 16, seed=0)
+    x = torch.randn(50, 8)
+    fires = sae.encode(x) > 0
+    expected = torch.tensor([int(fires[:, j].nonzero()[0]) if fires[:, j].any() else 50 for j in range(16)])
+    assert torch.equal(first_fire_index(sae, x, chunk=7), expected)  # chunks that do not divide the rows
+
+
+def test_dataset_normalizer_uses_one_scale_and_round_trips():
+    from aen_mini.data.activations import DatasetNormalizer
+
+    x = torch.tensor([[3.0, 4.0], [0.0, 10.0]])  # norms 5 and 10
+    norm = DatasetNormalizer.fit(x)
+    assert norm.scale == pytest.approx(7.5 / 2 ** 0.5)
+    x_n, scale = norm.normalize(x)
+    assert torch.allclose(x_n.norm(dim=1).mean(), torch.tensor(2 ** 0.5))  # mean norm sqrt(d), not each row's
+    assert torch.allclose(x_n[1].norm() / x_n[0].norm(), torch.tensor(2.0))  # the ratio of norms survives
+    assert torch.allclose(norm.denormalize(x_n, scale), x)
+    with pytest.raises(ValueError, match="scale must be > 0"):
+        DatasetNormalizer(2, 0.0)

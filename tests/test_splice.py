@@ -103,3 +103,18 @@ def test_empty_mask_is_an_error(neox, tokens):
     empty = TokenBatch(tokens.tokens[:2], torch.zeros_like(tokens.mask[:2]), tokens.attention_mask[:2])
     with pytest.raises(ValueError, match="no positions"):
         spliced_metrics(neox, IdentitySAE(), empty, HOOK)
+
+
+def test_without_baselines_only_the_sae_splice_is_computed():
+    from conftest import tiny_neox
+
+    from aen_mini.sae import make_sae
+
+    model = tiny_neox(2, 32)
+    tokens = torch.randint(0, 4000, (2, 9))
+    sae = make_sae("relu_l1", 32, 64, seed=0)
+    full = spliced_metrics(model, sae, tokens, "blocks.1.hook_resid_post")
+    alone = spliced_metrics(model, sae, tokens, "blocks.1.hook_resid_post", baselines=False)
+    assert set(alone) == {"ce_clean", "ce_sae", "kl_sae", "n_positions"}
+    for key in alone:
+        assert alone[key] == pytest.approx(full[key])

@@ -76,3 +76,14 @@ def test_hand_made_tensor_uses_every_position():
     assert bool(batch.mask.all()) and bool(batch.attention_mask.all())
     with pytest.raises(TypeError):
         as_token_batch([[0, 1]])
+
+
+def test_stream_contexts_cuts_a_pretokenised_stream_like_tokenize_corpus():
+    from aen_mini.data.text import ContextFormat, stream_contexts
+
+    fmt = ContextFormat(prefix_id=0, suffix_id=None, separator_id=0, pad_id=0)
+    batch = stream_contexts(range(1, 8), fmt, ctx_len=4)  # 7 tokens, 3 text tokens per context
+    assert batch.tokens.tolist() == [[0, 1, 2, 3], [0, 4, 5, 6], [0, 7, 0, 0]]
+    assert batch.mask.tolist() == [[False, True, True, True], [False, True, True, True], [False, True, False, False]]
+    assert batch.attention_mask[2].tolist() == [True, True, False, False]
+    assert len(stream_contexts(range(1, 100), fmt, ctx_len=4, max_contexts=2)) == 2

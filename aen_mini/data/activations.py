@@ -74,6 +74,29 @@ class ActivationNormalizer:
         return x_n * scale
 
 
+class DatasetNormalizer(ActivationNormalizer):
+    """One scale for every token (SAELens-style): ``x_n = x / scale`` with a fixed ``scale``, e.g. the mean token
+    norm over a dataset divided by sqrt(d). Unlike the per-token ``ActivationNormalizer``, splicing through it
+    does not hand the SAE each token's norm: a token's norm must be reconstructed like any other feature."""
+
+    def __init__(self, d: int, scale: float) -> None:
+        super().__init__(d)
+        if not scale > 0:
+            raise ValueError(f"scale must be > 0, got {scale!r}")
+        self.scale = float(scale)
+
+    @classmethod
+    def fit(cls, x: torch.Tensor) -> "DatasetNormalizer":
+        """The scale that gives the rows of ``x`` a mean norm of sqrt(d)."""
+        return cls(x.shape[-1], float(x.norm(dim=-1).mean()) / math.sqrt(x.shape[-1]))
+
+    def normalize(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if x.shape[-1] != self.d:
+            raise ValueError(f"x has {x.shape[-1]} features, the normalizer was made for d={self.d}")
+        scale = torch.full((*x.shape[:-1], 1), self.scale, dtype=x.dtype, device=x.device)
+        return x / scale, scale
+
+
 class LMActivationSource:
     """An ActivationSource over a model's activations at one hook: harvest, normalise, mix, serve.
 

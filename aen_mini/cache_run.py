@@ -1,0 +1,41 @@
+"""Train an SAE from an activation cache under torchrun: the multi-process path without a model in the workers.
+
+    python -m torch.distributed.run --nproc-per-node 2 -m aen_mini.cache_run run.json CACHE_DIR held_out.safetensors
+
+``run.json`` holds a ``RunConfig`` (its ``parallel`` picks data-parallel or latent-sharded; ``device`` cpu means
+gloo); ``CACHE_DIR`` is a folder written by ``aen_mini.data.cache.cache_activations``; the safetensors file holds
+the normalised held-out rows under ``x``. Data-parallel ranks each take every ``world_size``-th row of one global
+stream (``StridedSource``), so any number of ranks sees the same global batches; latent-sharded ranks all read the
+stream (rank 0's batches are broadcast). Rank 0 writes the usual results folder (``cfg.out``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from aen_mini.data.cache import CachedActivationSource
+from aen_mini.distributed import StridedSource, setup_from_env
+from aen_mini.runs import RunConfig, RunData, run_training
+
+
+def main(argv: list[str] | None = None) -> Path:
+    p = argparse.ArgumentParser(prog="python -m aen_mini.cache_run", description=__doc__.splitlines()[0])
+    p.add_argument("config", help="RunConfig as JSON")
+    p.add_argument("cache", help="folder written by cache_activations")
+    p.add_argument("held_out", help="safetensors file with the normalised held-out rows under 'x'")
+    args = p.parse_args(argv)
+    from safetensors.torch import load_file
+
+    cfg = RunConfig.from_dict(json.loads(Path(args.config).read_text()))
+    ctx = setup_from_env(cfg.device)  # initialises the process group; run_training closes it
+    source = CachedActivationSource(args.cache, seed=cfg.seed, device=ctx.device)
+    if ctx.launched and cfg.parallel == "data":
+        source = StridedSource(source, ctx.rank, ctx.world_size)
+    held_out = load_file(args.held_out)["x"]
+    label = f"activation cache {args.cache} ({ctx.world_size} process(es), parallel={cfg.parallel})"
+    return run_training(cfg, RunData(source, eval_activations=held_out, label=label))
+
+
+if __name__ == "__main__":
+    main()

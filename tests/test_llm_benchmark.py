@@ -1,0 +1,46 @@
+"""benchmarks/llm.py at smoke size on the CPU: one shared harvest, calibrated and TopK runs, every record field."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+FIELDS = ("model", "hook", "method", "target_l0", "l0", "calibration_converged", "dead_pct", "dead_window_tokens", "ev",
+          "ce_clean", "ce_spliced", "delta_ce", "kl", "ce_recovered_zero", "ce_recovered_mean", "tokens_trained",
+          "distinct_tokens", "passes", "seed", "dead_by_window", "density_histogram")
+
+
+@pytest.mark.slow
+def test_benchmark_writes_every_record_field(tmp_path):
+    from safetensors.torch import save_file
+
+    from aen_mini import smollm2
+
+    try:
+        tokenizer = smollm2.load_tokenizer()
+    except RuntimeError as err:
+        pytest.skip(f"SmolLM2 offline is not installed: {err}")
+    text = "In the beginning God created the heaven and the earth. " * 40
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"][:600]
+    save_file({"tokens": torch.tensor(ids, dtype=torch.int32).to(torch.uint16)}, str(tmp_path / "tokens.safetensors"))
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "llm.py"), "--tokens-file", str(tmp_path / "tokens.safetensors"),
+           "--device", "cpu", "--out", str(tmp_path / "out"), "--tokens-per-sae", "512", "--batch-size", "128",
+           "--latents", "64", "--targets", "8", "--methods", "relu_l1", "topk", "--seeds", "0", "--trials", "2",
+           "--ctx-len", "32", "--splice-contexts", "2", "--splice-batch", "2", "--feature-contexts", "2",
+           "--harvest-batch", "8"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads((tmp_path / "out" / "llm.json").read_text())
+    rows = result["rows"]
+    assert [r["method"] for r in rows] == ["relu_l1", "topk"]
+    for r in rows:
+        assert all(f in r for f in FIELDS), [f for f in FIELDS if f not in r]
+        assert r["distinct_tokens"] == result["metadata"]["harvest_tokens"] and r["tokens_trained"] == 512
+        assert r["dead_by_window"]["windows"][-1] == r["dead_corpus_window_tokens"]
+    assert rows[1]["l0"] == pytest.approx(8.0) and rows[1]["calibration_converged"]
+    assert (tmp_path / "out" / "llm.md").read_text().count("| ReLU + L1 |") == 1
