@@ -52,12 +52,17 @@ class Size:
     d_sae: int
     dead_window: int  # held-out samples for dead % and firing densities
     eval_samples: int  # held-out samples (with true codes) for L0, EV and support F1
-    step_scale: float = 1.0  # multiplies every protocol's step counts (tiny CPU runs)
+    step_scale: float = 1.0  # multiplies the authors' protocol's step counts (CPU-scale runs)
+    ours_batch: int | None = None  # our protocol's batch at this size (None: the protocol's 4096)
+    l1_scale: float = 1.0  # first guesses of the calibrated l1 relative to the full size's
 
 
 SIZES = {
     "full": Size(n=256, m=1024, k=16, d_sae=1024, dead_window=262_144, eval_samples=8192),
-    "tiny": Size(n=16, m=32, k=3, d_sae=32, dead_window=4096, eval_samples=1024, step_scale=0.01),
+    "tiny": Size(n=16, m=32, k=3, d_sae=32, dead_window=4096, eval_samples=1024, step_scale=0.01, ours_batch=256),
+    # What two shared CPU cores can train in minutes: an eighth of the dimensions, the authors' schedule at 4 % of
+    # its steps, our schedule at 1/16 of its batch. Not the paper's size: an illustration of the same design.
+    "cpu": Size(n=32, m=128, k=4, d_sae=128, dead_window=65_536, eval_samples=4096, step_scale=0.04, ours_batch=256),
 }
 
 
@@ -267,6 +272,9 @@ def run_authors(rhos: list[float], seeds: list[int], size: Size, device: str, wo
         for s, (rho, seed) in enumerate(pairs):
             for method in family:
                 for hyper in AUTHORS_GRID[method]:
+                    # their lambdas are in mean-scale units (sum-scale / n): keep the sum-scale value of the paper's
+                    # size (n = 256) at smaller sizes, since the calibrated sum-scale l1 hardly depends on n
+                    hyper = {k: v * 256 / size.n if k in ("l1_coeff", "l2_coeff") else v for k, v in hyper.items()}
                     hyper = hyper if method != "topk" else {}
                     runs.append(GridRun(_sae(method, size, protocol, seed, hyper), stream=s, init="authors"))
                     meta.append((method, rho, seed, hyper))
@@ -329,7 +337,9 @@ def run_controlled(cells: list[Cell], rhos: list[float], seeds: list[int], size:
                    progress: bool = False) -> list[dict]:
     """Per rho: calibrate every calibrated cell on seed 0 (CALIBRATION_POINTS l1 values, one batched job), then
     train every cell on every seed at the interpolated l1 (one job for the ReLU family, one for TopK)."""
-    protocol = PROTOCOLS["ours"].scaled(size.step_scale)
+    protocol = PROTOCOLS["ours"]
+    if size.ours_batch:
+        protocol = replace(protocol, batch_size=size.ours_batch)
     target = TARGET_L0 * size.k / 16
     records = []
     for centre in sorted({c.centre for c in cells}):
@@ -345,7 +355,7 @@ def run_controlled(cells: list[Cell], rhos: list[float], seeds: list[int], size:
                 jobs = []
                 for cell in calibrated:
                     guess = L1_GUESS[cell.variant if cell.variant in L1_GUESS else "relu_l1"].get(rho, 1.0)
-                    guess *= size.n / 256  # the penalty scales with the input dimension
+                    guess *= size.l1_scale
                     grid = [guess * 2 ** (e - (CALIBRATION_POINTS - 1) / 2) for e in range(CALIBRATION_POINTS)]
                     jobs += [(cell, rho, seeds[0], l1) for l1 in grid]
                 trainer = _controlled_job(jobs, streams, stream_of, protocol, size, device, progress)
