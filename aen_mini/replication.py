@@ -54,12 +54,14 @@ class Size:
     eval_samples: int  # held-out samples (with true codes) for L0, EV and support F1
     step_scale: float = 1.0  # multiplies the authors' protocol's step counts (CPU-scale runs)
     ours_batch: int | None = None  # our protocol's batch at this size (None: the protocol's 4096)
+    ours_steps: int | None = None  # our protocol's steps at this size (None: the protocol's 1,500)
     l1_scale: float = 1.0  # first guesses of the calibrated l1 relative to the full size's
 
 
 SIZES = {
     "full": Size(n=256, m=1024, k=16, d_sae=1024, dead_window=262_144, eval_samples=8192),
-    "tiny": Size(n=16, m=32, k=3, d_sae=32, dead_window=4096, eval_samples=1024, step_scale=0.01, ours_batch=256),
+    "tiny": Size(n=16, m=32, k=3, d_sae=32, dead_window=4096, eval_samples=1024, step_scale=0.01, ours_batch=256,
+                 ours_steps=40),
     # What two shared CPU cores can train in minutes: an eighth of the dimensions, the authors' schedule at 4 % of
     # its steps, our schedule at 1/16 of its batch. Not the paper's size: an illustration of the same design.
     "cpu": Size(n=32, m=128, k=4, d_sae=128, dead_window=65_536, eval_samples=4096, step_scale=0.04, ours_batch=256),
@@ -340,6 +342,8 @@ def run_controlled(cells: list[Cell], rhos: list[float], seeds: list[int], size:
     protocol = PROTOCOLS["ours"]
     if size.ours_batch:
         protocol = replace(protocol, batch_size=size.ours_batch)
+    if size.ours_steps:
+        protocol = protocol.scaled(size.ours_steps / protocol.steps)
     target = TARGET_L0 * size.k / 16
     records = []
     for centre in sorted({c.centre for c in cells}):
