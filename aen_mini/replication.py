@@ -36,7 +36,7 @@ from aen_mini.metrics import explained_variance, support_scores
 from aen_mini.sae import make_sae
 
 __all__ = ["Size", "SIZES", "Protocol", "PROTOCOLS", "Cell", "AUTHORS_GRID", "CONTROLLED_CELLS", "TARGET_L0",
-           "DENSITY_BINS", "run_authors", "run_controlled", "speed_benchmark", "load_results", "summarise",
+           "DENSITY_BINS", "run_authors", "run_controlled", "speed_benchmark", "load_results", "summarise", "summary_table",
            "report_markdown", "main"]
 
 TARGET_L0 = 16.0
@@ -432,9 +432,26 @@ def load_results(path: str | Path) -> tuple[list[dict], dict]:
     return data["records"], data["metadata"]
 
 
+def summary_table(records: list[dict]) -> dict[str, dict[str, Any]]:
+    """Per cell "protocol|method|init|centred|rho": mean, min and max over seeds of dead %, L0, EV and support F1,
+    the seeds, and whether every seed's calibration converged (the numbers the book quotes)."""
+    keys = ("protocol", "method", "init", "centred", "rho")
+    out: dict[str, dict[str, Any]] = {}
+    for key, dead in summarise(records, keys, "dead_pct").items():
+        rs = [r for r in records if tuple(r[k] for k in keys) == key]
+        cell: dict[str, Any] = {"seeds": len(rs), "converged": all(r["calibration_converged"] for r in rs)}
+        for metric in ("dead_pct", "l0", "ev", "support_f1"):
+            values = [float(r[metric]) for r in rs]
+            cell.update({f"{metric}_mean": sum(values) / len(values), f"{metric}_min": min(values),
+                         f"{metric}_max": max(values)})
+        out["|".join(str(k) for k in key)] = cell
+    return out
+
+
 def _write(out: Path, records: list[dict], metadata: dict, complete: bool) -> None:
     atomic_write_text(out / "replication.json", json.dumps({"metadata": {**metadata, "complete": complete},
-                                                            "records": records}, indent=1))
+                                                            "summary": summary_table(records), "records": records},
+                                                           indent=1))
 
 
 @dataclass

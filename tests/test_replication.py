@@ -47,3 +47,13 @@ def test_authors_selection_is_the_grid_point_closest_to_the_target(monkeypatch):
     best = min(relu["grid"], key=lambda g: abs(g["l0"] - relu["target_l0"]))
     assert math.isclose(relu["l1_coeff"], best["hyper"]["l1_coeff"])
     assert relu["l1_coeff"] in (0.05 * 256 / TINY.n, 0.0005 * 256 / TINY.n)  # kept in sum-scale units
+
+
+def test_summary_table_by_hand():
+    base = {"protocol": "ours", "method": "aen", "init": "ours", "centred": False, "rho": 0.0, "l0": 4.0, "ev": 0.5,
+            "support_f1": 0.6}
+    records = [{**base, "dead_pct": 10.0, "calibration_converged": True},
+               {**base, "dead_pct": 30.0, "calibration_converged": False}]
+    cell = R.summary_table(records)["ours|aen|ours|False|0.0"]
+    assert cell["dead_pct_mean"] == 20.0 and cell["dead_pct_min"] == 10.0 and cell["dead_pct_max"] == 30.0
+    assert cell["seeds"] == 2 and cell["converged"] is False
