@@ -366,9 +366,14 @@ def plot_method_bars(rows: Sequence[Mapping[str, object]], panels: Sequence[str]
     ``"flag"`` is true (calibration missed its target L0 on some seed) is hatched and marked "!" in its label."""
     if not rows:
         raise ValueError("rows must hold at least one bar")
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 0.32 * max(
-        sum(r["panel"] == p for r in rows) for p in panels) + 1.2), constrained_layout=True, squeeze=False)
-    for ax, panel in zip(axes[0], panels):
+    ncols = min(2, len(panels))  # two panels per row: readable at 1280 px
+    nrows = math.ceil(len(panels) / ncols)
+    tallest = max(sum(r["panel"] == p for r in rows) for p in panels)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5.6 * ncols, (0.32 * tallest + 1.0) * nrows),
+                             constrained_layout=True, squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for ax, panel in zip(axes.flat, panels):
         bars = [r for r in rows if r["panel"] == panel]
         y = list(range(len(bars)))[::-1]
         for yi, r in zip(y, bars):

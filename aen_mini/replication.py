@@ -565,10 +565,12 @@ def main(argv: list[str] | None = None, default_out: str = "benchmarks", prog: s
     parser.add_argument("--commit", default=None)
     parser.add_argument("--progress", action="store_true")
     parser.add_argument("--report-only", metavar="JSON")
-    parser.add_argument("--paper", metavar="JSON", help="the paper's numbers (method, rho, dead_pct, ev, l0)")
+    parser.add_argument("--paper", metavar="JSON", default=None,
+                        help="the paper's numbers, e.g. benchmarks/paper_spiked.json (records of method, rho, dead_pct)")
     args = parser.parse_args(argv)
     out = Path(args.out)
     paper = json.loads(Path(args.paper).read_text()) if args.paper else None
+    paper = paper["records"] if isinstance(paper, dict) else paper  # benchmarks/paper_spiked.json
     if args.report_only:
         records, metadata = load_results(args.report_only)
         atomic_write_text(out / "replication.md", report_markdown(records, metadata, paper))
