@@ -481,20 +481,24 @@ def _fmt(s: Summary, digits: int = 1) -> str:
 
 def report_markdown(records: list[dict], metadata: dict, paper: list[dict] | None = None) -> str:
     """The replication report: the authors' protocol next to the paper's numbers, then the controlled study."""
+    sizes = SIZES.get(metadata.get("size", "full"), SIZES["full"])
     lines = ["# Replication of the spiked synthetic study (issue 11)", "",
              f"Device: {metadata.get('gpu') or metadata.get('device')}; torch {metadata.get('torch')}; commit "
              f"{metadata.get('git_commit')}; size {metadata.get('size')}; complete: {metadata.get('complete')}.", "",
              f"Command: `{metadata.get('command')}`", "",
-             "Data: the authors' spiked dictionaries (n = 256, m = 1024 atoms, k = 16 active, magnitudes U[1, 3]), "
-             "batches drawn on the device. Dead % = latents that never fire on "
-             f"{SIZES[metadata.get('size', 'full')].dead_window:,} held-out samples. Mean ± std over seeds; "
-             "**!** marks a cell where some seed's L0 is more than 10 % from the target 16.", ""]
+             f"Data: the authors' spiked dictionaries (n = {sizes.n}, m = {sizes.m} atoms, k = {sizes.k} active, "
+             "magnitudes U[1, 3]), batches drawn on the device. Dead % = latents that never fire on "
+             f"{sizes.dead_window:,} held-out samples. Mean ± std over seeds; **!** marks a cell where some seed's L0 "
+             f"is more than 10 % from the target {sizes.k}.", ""]
+    if metadata.get("scope"):
+        lines += [f"Scope: {metadata['scope']}", ""]
     authors = [r for r in records if r["protocol"] == "authors"]
     if authors:
         lines += ["## 1. The authors' protocol", "",
-                  "Their init, loss scale (mean over features; their lambdas as given = ours / 256), Adam 1e-3 "
-                  "constant, no clipping, batch 256 x 50,000 steps, reweighting from step 10,000 with a 2,000-step "
-                  "ramp, TopK without AuxK, their grid and their selection (L0 closest to 16).", ""]
+                  "Their init, loss scale (mean over features; their lambdas = ours / n), Adam 1e-3 constant, no "
+                  "clipping, batch 256, their schedule (at full size 50,000 steps, reweighting from step 10,000 with "
+                  f"a 2,000-step ramp; scaled by {sizes.step_scale:g} here), TopK without AuxK, their grid and their "
+                  f"selection (the run with L0 closest to {sizes.k}). The paper's numbers are at full size.", ""]
         paper_of = {(p["method"], p["rho"]): p for p in (paper or [])}
         lines += ["| method | rho | seeds | L0 | dead % (ours) | dead % (paper) | EV (ours) | EV (paper) | F1 |",
                   "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -512,7 +516,7 @@ def report_markdown(records: list[dict], metadata: dict, paper: list[dict] | Non
                   "`PROTOCOL_DIFFERENCES` below.", ""]
     ours = [r for r in records if r["protocol"] == "ours"]
     if ours:
-        lines += ["## 2. The controlled study (our protocol, every method calibrated to L0 = 16)", "",
+        lines += [f"## 2. The controlled study (our protocol, every method calibrated to L0 = {sizes.k})", "",
                   "| method | init | centred | rho | L0 | dead % | EV | support F1 |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
         keys = ("method", "init", "centred", "rho")
         stats = {m: summarise(ours, keys, m) for m in ("l0", "dead_pct", "ev", "support_f1")}
