@@ -124,6 +124,8 @@ class Cell:
     aux: bool = False  # TopK: AuxK on
     ema_beta: float | None = None  # AEN: None = the protocol's
     delay: bool = True  # AEN: the delayed reweighting ramp (False: reweighting from step 0)
+    ref_pct: float | None = None  # AEN: size of the reference set (None = the protocol's)
+    w_max: float | None = None  # AEN: the clip of the weights (None = 10)
     centre: bool = False  # train and evaluate on mean-centred data
 
     @property
@@ -145,6 +147,9 @@ def _controlled_cells() -> list[Cell]:
 CONTROLLED_CELLS = _controlled_cells()
 CENTRED_CELLS = [replace(c, centre=True) for c in CONTROLLED_CELLS
                  if c.method in ("relu_l1", "elastic_net", "aen", "topk")]
+# The rho = 0 collapse: AEN (our init) with a larger reference set, a lower clip, a longer EMA memory, and each pair.
+COLLAPSE_CELLS = [Cell(f"aen[ref={r:g},clip={w:g},beta={b:g}]", "aen", ref_pct=r, w_max=w, ema_beta=b)
+                  for r in (0.01, 0.05) for w in (10.0, 3.0) for b in (0.99, 0.999)]
 # First guesses of the calibrated l1 at our init (benchmarks/synthetic.json); the search spans 2^-2.5..2^2.5 of it.
 L1_GUESS = {"relu_l1": {0.0: 1.7, 0.3: 1.25, 0.5: 1.2, 0.7: 1.0, 0.9: 0.62},
             "elastic_net": {0.0: 1.7, 0.3: 1.33, 0.5: 1.44, 0.7: 1.12, 0.9: 0.95},
@@ -312,6 +317,7 @@ def _cell_hyper(cell: Cell, protocol: Protocol, l1: float) -> dict[str, float]:
             hyper["ema_beta"] = cell.ema_beta
         if not cell.delay:
             hyper.update(warmup_start=0, warmup_steps=0)
+        hyper.update({k: v for k, v in (("ref_pct", cell.ref_pct), ("w_max", cell.w_max)) if v is not None})
     return hyper
 
 
@@ -379,6 +385,8 @@ def run_controlled(cells: list[Cell], rhos: list[float], seeds: list[int], size:
                         "init": cell.init, "l1_warmup": cell.l1_warmup, "aux": cell.aux, "centred": cell.centre,
                         "ema_beta": (cell.ema_beta or protocol.ema_beta) if cell.variant == "aen" else None,
                         "delay": cell.delay if cell.variant == "aen" else None,
+                        "ref_pct": (cell.ref_pct or protocol.ref_pct) if cell.variant == "aen" else None,
+                        "w_max": (cell.w_max or 10.0) if cell.variant == "aen" else None,
                         "steps": protocol.steps, "batch_size": protocol.batch_size, "loss_scale": protocol.loss_scale,
                         "target_l0": target, "l1_coeff": l1 if cell.calibrated else None,
                         "l1_coeff_authors_scale": l1 / size.n if cell.calibrated else None,
@@ -560,7 +568,7 @@ def main(argv: list[str] | None = None, default_out: str = "benchmarks", prog: s
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", default=default_out)
     parser.add_argument("--parts", nargs="+", default=["speed", "authors", "ours"],
-                        help="speed, authors, authors_rest, ours, centred (run in this order)")
+                        help="speed, authors, authors_rest, ours, centred, collapse (run in this order)")
     parser.add_argument("--rhos", nargs="+", type=float, default=[0.0, 0.9, 0.5, 0.3, 0.7])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--authors-rhos", nargs="+", type=float, default=[0.0, 0.9])
@@ -619,8 +627,8 @@ def _run_part(part: str, args: argparse.Namespace, size: Size, metadata: dict, t
     elif part == "authors_rest":
         rest = [r for r in (0.0, 0.3, 0.5, 0.7, 0.9) if r not in args.authors_rhos]
         records += run_authors(rest, args.seeds[:1], size, args.device, args.workers, args.progress)
-    elif part in ("ours", "centred"):
-        cells = CONTROLLED_CELLS if part == "ours" else CENTRED_CELLS
+    elif part in ("ours", "centred", "collapse"):
+        cells = {"ours": CONTROLLED_CELLS, "centred": CENTRED_CELLS, "collapse": COLLAPSE_CELLS}[part]
         for rho in args.rhos:
             if time.perf_counter() - t0 > args.budget_s:
                 print(f"skipped {part} rho={rho}: past the time budget", flush=True)
