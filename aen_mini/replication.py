@@ -147,6 +147,9 @@ def _controlled_cells() -> list[Cell]:
 CONTROLLED_CELLS = _controlled_cells()
 CENTRED_CELLS = [replace(c, centre=True) for c in CONTROLLED_CELLS
                  if c.method in ("relu_l1", "elastic_net", "aen", "topk")]
+# The warm-up controls on centred data (run after CENTRED_CELLS showed AEN alone keeping its latents there)
+CENTRED_WARMUP_CELLS = [replace(c, centre=True) for c in CONTROLLED_CELLS
+                        if c.method in ("relu_l1+warmup", "elastic_net+warmup", "aen_no_delay")]
 # The rho = 0 collapse: AEN (our init) with a larger reference set, a lower clip, a longer EMA memory, and each pair.
 COLLAPSE_CELLS = [Cell(f"aen[ref={r:g},clip={w:g},beta={b:g}]", "aen", ref_pct=r, w_max=w, ema_beta=b)
                   for r in (0.01, 0.05) for w in (10.0, 3.0) for b in (0.99, 0.999)]
@@ -568,7 +571,7 @@ def main(argv: list[str] | None = None, default_out: str = "benchmarks", prog: s
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", default=default_out)
     parser.add_argument("--parts", nargs="+", default=["speed", "authors", "ours"],
-                        help="speed, authors, authors_rest, ours, centred, collapse (run in this order)")
+                        help="speed, authors, authors_rest, ours, centred, centred_warmup, collapse (in this order)")
     parser.add_argument("--rhos", nargs="+", type=float, default=[0.0, 0.9, 0.5, 0.3, 0.7])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--authors-rhos", nargs="+", type=float, default=[0.0, 0.9])
@@ -627,8 +630,9 @@ def _run_part(part: str, args: argparse.Namespace, size: Size, metadata: dict, t
     elif part == "authors_rest":
         rest = [r for r in (0.0, 0.3, 0.5, 0.7, 0.9) if r not in args.authors_rhos]
         records += run_authors(rest, args.seeds[:1], size, args.device, args.workers, args.progress)
-    elif part in ("ours", "centred", "collapse"):
-        cells = {"ours": CONTROLLED_CELLS, "centred": CENTRED_CELLS, "collapse": COLLAPSE_CELLS}[part]
+    elif part in ("ours", "centred", "centred_warmup", "collapse"):
+        cells = {"ours": CONTROLLED_CELLS, "centred": CENTRED_CELLS, "centred_warmup": CENTRED_WARMUP_CELLS,
+                 "collapse": COLLAPSE_CELLS}[part]
         for rho in args.rhos:
             if time.perf_counter() - t0 > args.budget_s:
                 print(f"skipped {part} rho={rho}: past the time budget", flush=True)
