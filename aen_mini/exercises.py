@@ -38,7 +38,6 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor
 
-from aen_mini.calibrate import search_l1
 from aen_mini.metrics import _sae_objective, dead_fraction
 from aen_mini.sae import make_sae
 from aen_mini.sae.adaptive import AdaptiveL1Weights
