@@ -459,10 +459,14 @@ def summary_table(records: list[dict]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def dumps(metadata: dict, records: list[dict]) -> str:
+    """The results file: metadata and the per-cell summary indented, then one line per record (diff-friendly)."""
+    head = json.dumps({"metadata": metadata, "summary": summary_table(records)}, indent=1)[:-2]
+    return head + ',\n "records": [\n' + ",\n".join(json.dumps(r) for r in records) + "\n ]\n}\n"
+
+
 def _write(out: Path, records: list[dict], metadata: dict, complete: bool) -> None:
-    atomic_write_text(out / "replication.json", json.dumps({"metadata": {**metadata, "complete": complete},
-                                                            "summary": summary_table(records), "records": records},
-                                                           indent=1))
+    atomic_write_text(out / "replication.json", dumps({**metadata, "complete": complete}, records))
 
 
 @dataclass

@@ -57,3 +57,12 @@ def test_summary_table_by_hand():
     cell = R.summary_table(records)["ours|aen|ours|False|0.0"]
     assert cell["dead_pct_mean"] == 20.0 and cell["dead_pct_min"] == 10.0 and cell["dead_pct_max"] == 30.0
     assert cell["seeds"] == 2 and cell["converged"] is False
+
+
+def test_results_file_round_trips():
+    import json
+    records = [{"protocol": "ours", "method": "aen", "init": "ours", "centred": False, "rho": 0.0, "l0": 4.0, "ev": 0.5,
+                "support_f1": 0.6, "dead_pct": 1.0, "calibration_converged": True, "grid": [[1, 2]]}]
+    data = json.loads(R.dumps({"size": "tiny"}, records))
+    assert data["records"] == records and data["metadata"] == {"size": "tiny"}
+    assert data["summary"]["ours|aen|ours|False|0.0"]["seeds"] == 1
