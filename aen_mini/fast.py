@@ -84,7 +84,7 @@ def fast_loss(sae: SAE, x: torch.Tensor, dtype: torch.dtype = torch.bfloat16) ->
     codes, zero_with_penalty_grad = _CodesWithPenaltyGrad.apply(pre, h, penalty_grad)
     # decode_atoms directly: SAE.decode would first cast h to the weights' float32, a (batch, d_sae) round trip
     x_hat = sae.decode_atoms(codes) + b_dec
-    terms = {"mse": (x - x_hat.to(wide)).pow(2).sum(-1).mean()}
+    terms = {"mse": sae.reconstruction_error(x, x_hat.to(wide))}
     # wide codes for the penalties: under torch.compile the cast is fused away, and the sums stay exact.
     terms.update(sae.penalties(h.to(wide), pre, x, x_hat.to(wide)))
     terms["loss"] = torch.stack([t.to(wide) for t in terms.values()]).sum() + zero_with_penalty_grad

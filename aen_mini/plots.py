@@ -34,7 +34,23 @@ __all__ = [
     "plot_weights_vs_usage",
     "plot_histogram",
     "plot_matched_l0",
+    "METHOD_COLORS",
+    "method_color",
+    "plot_method_bars",
 ]
+
+# One colour per SAE family across the book (AEN stands out in red); variants of a family (+warm-up, +AuxK, an
+# ablation) share its colour and differ by hatching. Minimal version; the teaching branch owns the full palette.
+METHOD_COLORS = {"relu_l1": "#1f77b4", "topk": "#2ca02c", "batch_topk": "#17becf", "elastic_net": "#9467bd",
+                 "adaptive_lasso": "#ff7f0e", "aen": "#d62728"}
+
+
+def method_color(name: str) -> str:
+    """The colour of a method by its name or family prefix ("aen_no_delay" -> AEN's red; unknown: grey)."""
+    for family in sorted(METHOD_COLORS, key=len, reverse=True):
+        if name == family or name.startswith(family + "_") or name.startswith(family + "+"):
+            return METHOD_COLORS[family]
+    return "0.5"
 
 CURVE_LABELS = {
     "mse": "reconstruction error (MSE)",
@@ -340,4 +356,33 @@ def plot_matched_l0(rows: Sequence[Mapping[str, object]], metrics: Sequence[str]
         ax.set_title(MATCHED_L0_LABELS.get(metric, metric.replace("_", " ")))
     axes[0, -1].legend(fontsize="small")
     fig.suptitle(title, fontsize="medium")
+    return fig
+
+
+def plot_method_bars(rows: Sequence[Mapping[str, object]], panels: Sequence[str], metric_label: str,
+                     title: str | None = None) -> Figure:
+    """One panel per value of ``rows[i]["panel"]`` (e.g. "rho = 0, our init"), one horizontal bar per method: the
+    mean over seeds (``"mean"``) with a line from the lowest to the highest seed (``"min"``, ``"max"``). A bar whose
+    ``"flag"`` is true (calibration missed its target L0 on some seed) is hatched and marked "!" in its label."""
+    if not rows:
+        raise ValueError("rows must hold at least one bar")
+    ncols = min(2, len(panels))  # two panels per row: readable at 1280 px
+    nrows = math.ceil(len(panels) / ncols)
+    tallest = max(sum(r["panel"] == p for r in rows) for p in panels)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5.6 * ncols, (0.32 * tallest + 1.0) * nrows),
+                             constrained_layout=True, squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for ax, panel in zip(axes.flat, panels):
+        bars = [r for r in rows if r["panel"] == panel]
+        y = list(range(len(bars)))[::-1]
+        for yi, r in zip(y, bars):
+            ax.barh(yi, r["mean"], color=method_color(str(r["method"])), alpha=0.85,
+                    hatch="//" if r.get("flag") else None, edgecolor="k" if r.get("flag") else None)
+            ax.plot([r["min"], r["max"]], [yi, yi], color="k", lw=1.2)
+        ax.set_yticks(y, [f"{r['label']}{' !' if r.get('flag') else ''}" for r in bars], fontsize=10)
+        ax.set_title(panel, fontsize=11)
+        ax.set_xlabel(metric_label)
+    if title:
+        fig.suptitle(title, fontsize=11)
     return fig

@@ -205,7 +205,7 @@ def calibrate_l1(method: str | Method, rho: float, target_l0: float | None = Non
     if not target > 0:
         raise ValueError(f"target_l0 must be > 0, got {target_l0}")
     if not method.calibrated:
-        return {"l1_coeff": None, "l0": float(size.k), "trials": []}
+        return {"l1_coeff": None, "l0": float(size.k), "converged": True, "trials": []}
     trials = check_positive_int("trials", trials if trials is not None else size.calib_trials)
     source, train_pool = pool if pool is not None else training_source(size, rho, seed, device)
     x_eval, _ = held_out(source, size, device)
@@ -220,7 +220,7 @@ def calibrate_l1(method: str | Method, rho: float, target_l0: float | None = Non
         return measured
 
     found = search_l1(measure, target, l1, trials=trials, rel_tol=rel_tol)
-    return {"l1_coeff": found["l1_coeff"], "l0": found["l0"], "trials": found["trials"]}
+    return {"l1_coeff": found["l1_coeff"], "l0": found["l0"], "converged": found["converged"], "trials": found["trials"]}
 
 
 def _record(method: Method, size: SweepSize, rho: float, seed: int, sae: SAE, history: list[dict], wall_s: float,
@@ -237,6 +237,7 @@ def _record(method: Method, size: SweepSize, rho: float, seed: int, sae: SAE, hi
         "l1_coeff": calibration["l1_coeff"], "l2_coeff": getattr(sae, "l2_coeff", 0.0) if method.l2_ratio else 0.0,
         "gamma": GAMMA if method.adaptive else None, "ema_beta": EMA_BETA if method.adaptive else None,
         "topk_k": size.k if method.variant == "topk" else None, "calibration_l0": calibration["l0"],
+        "calibration_converged": calibration.get("converged"),
         "calibration_trials": calibration["trials"],
         "steps": size.steps, "tokens": size.steps * size.batch_size, "wall_s": wall_s,
         "history": [{key: h[key] for key in ("step", "mse", "l0", "dead_pct") if key in h} for h in history],

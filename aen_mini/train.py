@@ -21,7 +21,7 @@ from aen_mini.data.source import ActivationSource
 from aen_mini.distributed import SingleProcess
 from aen_mini.fast import FastStep
 from aen_mini.sae import SAE
-from aen_mini.sae.base import StatReducer
+from aen_mini.sae.base import INITS, StatReducer
 from aen_mini.validate import (check_activations, check_choice, check_in_range, check_nonnegative,
                                check_nonnegative_int, check_positive_int, check_seed)
 
@@ -38,13 +38,15 @@ class TrainConfig:
     lr_warmup_steps: int = 0
     lr_decay_start: float = 1.0  # fraction of training after which lr decays linearly to 0 (1.0: no decay)
     adam_betas: tuple[float, float] = (0.9, 0.999)
-    grad_clip: float = 1.0  # max gradient norm; 0 disables clipping
+    grad_clip: float | None = 1.0  # max gradient norm; None (the authors' synthetic setting) or 0 disables clipping
     seed: int = 0
     device: str = "cpu"
     precision: str = "fp32"  # "bf16": autocast matmuls to bfloat16, weights and optimiser stay fp32
     compile: bool = False  # torch.compile the loss (CUDA)
     fast: bool = False  # aen_mini.fast.FastStep (one process): matmuls in `precision`, fused Adam; compiled + CUDA graph on CUDA
     init_b_dec: bool = True  # b_dec <- mean of the first batch, so the SAE starts centred on the data
+    init: str = "ours"  # "authors": aen_mini.sae.base.INITS (untied nn.Linear init, b_dec = 0; init_b_dec ignored)
+    l1_warmup_steps: int = 0  # the l1 and l2 terms scaled by min(1, (step + 1) / l1_warmup_steps); 0: no warm-up
     resample_every: int = 0  # steps between dead-latent resamplings; 0: never
     log_every: int = 100
     checkpoint_every: int = 0
@@ -60,7 +62,12 @@ class TrainConfig:
         if not isinstance(self.adam_betas, (tuple, list)) or len(self.adam_betas) != 2:
             raise ValueError(f"adam_betas must be a pair (beta1, beta2), each in [0, 1), got {self.adam_betas!r}")
         self.adam_betas = tuple(check_in_range("adam_betas", b, 0.0, 1.0, high_open=True) for b in self.adam_betas)
-        check_nonnegative("grad_clip", self.grad_clip)
+        if self.grad_clip is not None:
+            check_nonnegative("grad_clip", self.grad_clip)
+        check_choice("init", self.init, INITS)
+        check_nonnegative_int("l1_warmup_steps", self.l1_warmup_steps)
+        if self.fast and self.l1_warmup_steps:
+            raise ValueError("l1_warmup_steps needs the standard step (fast=False): the fast step's graph fixes the penalty")
         check_choice("precision", self.precision, ["fp32", "bf16"])
         check_seed("seed", self.seed)
         try:
@@ -86,6 +93,10 @@ class TrainConfig:
             scale *= (self.steps - step) / (self.steps - decay_from)
         return self.lr * scale
 
+    def penalty_scale_at(self, step: int) -> float:
+        """The l1/l2 warm-up factor at ``step`` (0-based): linear from 1/l1_warmup_steps to 1, then 1."""
+        return min(1.0, (step + 1) / self.l1_warmup_steps) if self.l1_warmup_steps else 1.0
+
 
 @dataclass
 class TrainResult:
@@ -103,7 +114,7 @@ def _train_state(step: int, source: ActivationSource, history: list[dict[str, fl
 # TrainConfig fields that change what a run computes; the others (device, logging, checkpointing, progress, compile)
 # may differ between the run that wrote a checkpoint and the run that resumes it.
 TRAJECTORY_FIELDS = ("steps", "batch_size", "lr", "lr_warmup_steps", "lr_decay_start", "adam_betas", "grad_clip", "seed",
-                     "resample_every", "init_b_dec", "precision", "fast")
+                     "resample_every", "init_b_dec", "precision", "fast", "init", "l1_warmup_steps")
 
 
 def _check_resumable(path: str | Path, saved: dict[str, Any] | None, cfg: TrainConfig) -> None:
@@ -204,7 +215,7 @@ def train(sae: SAE, source: ActivationSource, cfg: TrainConfig, *,
     if cfg.fast:
         if type(parallel) is not SingleProcess:
             raise ValueError("fast=True trains in one process; drop it or the parallel strategy")
-        fast_step = FastStep(sae, optimizer, cfg.grad_clip, dtype=torch.bfloat16 if cfg.precision == "bf16" else torch.float32)
+        fast_step = FastStep(sae, optimizer, cfg.grad_clip or 0.0, dtype=torch.bfloat16 if cfg.precision == "bf16" else torch.float32)
 
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if cfg.precision == "bf16"
                 else contextlib.nullcontext())
@@ -221,7 +232,9 @@ def train(sae: SAE, source: ActivationSource, cfg: TrainConfig, *,
         if step == start:
             check_activations(x, sae.d_in, name="first training batch")
         x = x.to(device, non_blocking=True)
-        if step == 0 and cfg.init_b_dec:
+        if step == 0 and cfg.init == "authors":
+            sae.init_like_authors_(sae.seed)
+        elif step == 0 and cfg.init_b_dec:
             with torch.no_grad():
                 sae.b_dec.copy_(parallel.stats.batch_mean(x.float().mean(0)))
         if fast_step is not None:  # forward, backward, clipping, Adam and after_step in one call
@@ -229,6 +242,7 @@ def train(sae: SAE, source: ActivationSource, cfg: TrainConfig, *,
         else:
             for group in optimizer.param_groups:
                 group["lr"] = cfg.lr_at(step)
+            sae.penalty_scale = cfg.penalty_scale_at(step)
             with autocast:
                 terms = loss_fn(x)
         pending.append(terms["loss"].detach())
@@ -260,6 +274,7 @@ def train(sae: SAE, source: ActivationSource, cfg: TrainConfig, *,
             parallel.save_checkpoint(cfg.checkpoint_path, sae, optimizer, _train_state(done, source, history, cfg, data))
         bar.update(1)
     bar.close()
+    sae.penalty_scale = 1.0
     return TrainResult(sae, history, time.perf_counter() - t0)
 
 

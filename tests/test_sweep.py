@@ -33,7 +33,7 @@ def test_calibration_reaches_the_target_l0():
 
 
 def test_topk_is_not_calibrated():
-    assert sweep.calibrate_l1("topk_auxk", 0.5, size=TINY) == {"l1_coeff": None, "l0": 3.0, "trials": []}
+    assert sweep.calibrate_l1("topk_auxk", 0.5, size=TINY) == {"l1_coeff": None, "l0": 3.0, "converged": True, "trials": []}
 
 
 def test_sweep_records_have_every_field_and_sane_values():

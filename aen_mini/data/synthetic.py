@@ -4,6 +4,10 @@ Atoms are d_j ∝ sqrt(1 - rho) u_j + sqrt(rho) v, with u_j independent uniform 
 unit "spike" shared by every atom, then renormalised. For large n the u_j are nearly orthogonal to
 each other and to v, so cos(d_i, d_j) -> rho: rho dials the dictionary's coherence. Each sample has
 exactly k active atoms (uniform random support) with magnitudes drawn from U[low, high].
+
+``centre=True`` subtracts the population mean E[x] = D E[c] = (k / m) (low + high) / 2 * D 1 from every sample:
+the rival explanation of starvation (arXiv 2605.31518) is that uncentred data, whose shared spike sits in every
+sample, is what starves latents. The true codes are unchanged.
 """
 
 from __future__ import annotations
@@ -56,6 +60,7 @@ class SpikedSource:
         magnitude: tuple[float, float] = (1.0, 3.0),
         noise_std: float = 0.0,
         seed: int = 0,
+        centre: bool = False,
     ) -> None:
         self.n, self.m, self.k = check_positive_int("n", n), check_positive_int("m", m), check_positive_int("k", k)
         if k > m:
@@ -72,6 +77,10 @@ class SpikedSource:
         self.seed = check_nonnegative_int("seed", seed)
         self.d_in = self.n
         self.dictionary = spiked_dictionary(self.n, self.m, self.rho, self.seed)
+        if not isinstance(centre, bool):
+            raise TypeError(f"centre must be True or False, got {centre!r}")
+        self.centre = centre
+        self.mean = self.dictionary.sum(1) * (k / m) * (low + high) / 2 if centre else torch.zeros(n)
         self.batches_drawn = 0
 
     def _draw(self, batch_size: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
@@ -81,7 +90,7 @@ class SpikedSource:
         low, high = self.magnitude
         values = low + (high - low) * torch.rand(batch_size, self.k, generator=gen)
         codes = torch.zeros(batch_size, self.m).scatter_(1, support, values)
-        x = codes @ self.dictionary.T
+        x = codes @ self.dictionary.T - self.mean
         if self.noise_std > 0:
             x = x + self.noise_std * torch.randn(batch_size, self.n, generator=gen)
         return x, codes
@@ -106,6 +115,7 @@ class SpikedSource:
             "magnitude": list(self.magnitude),
             "noise_std": self.noise_std,
             "seed": self.seed,
+            **({"centre": True} if self.centre else {}),  # absent when False: older saved states still load
         }
 
     def state_dict(self) -> dict:

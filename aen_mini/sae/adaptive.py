@@ -5,7 +5,7 @@ weight (spurious features suppressed):
 
     a_j   <- beta * a_j + (1 - beta) * batch_mean |h_j|          (EMA, detached, a_j = 1 at start)
     ref    = mean of the top ref_pct of a
-    w_j    = clip((ref / max(a_j, 1e-5)) ** gamma, 0.01, 10)
+    w_j    = clip((ref / max(a_j, 1e-5)) ** gamma, 0.01, w_max)       (w_max = 10 as the authors)
     w~_j   = 1 + (w_j - 1) * r(t),  r = 0 before warmup_start, then linear to 1 over warmup_steps.
 """
 from __future__ import annotations
@@ -18,14 +18,16 @@ from torch import nn
 from aen_mini.sae.base import LOCAL_STATS, SAE, StatReducer
 from aen_mini.validate import check_in_range, check_nonnegative, check_nonnegative_int
 
-W_MIN, W_MAX, A_FLOOR = 0.01, 10.0, 1e-5
+W_MIN, W_MAX, A_FLOOR = 0.01, 10.0, 1e-5  # W_MAX: the default of w_max
 
 
 class AdaptiveL1Weights(nn.Module):
     """The running statistics and the rule above; its state (EMA, step) is saved with the SAE."""
 
-    def __init__(self, d_sae: int, gamma: float, ema_beta: float, ref_pct: float, warmup_start: int, warmup_steps: int) -> None:
+    def __init__(self, d_sae: int, gamma: float, ema_beta: float, ref_pct: float, warmup_start: int, warmup_steps: int,
+                 w_max: float = W_MAX) -> None:
         super().__init__()
+        self.w_max = check_in_range("w_max", w_max, W_MIN, math.inf)
         self.gamma = check_nonnegative("gamma", gamma)
         self.ema_beta = check_in_range("ema_beta", ema_beta, 0.0, 1.0, high_open=True)
         self.ref_pct = check_in_range("ref_pct", ref_pct, 0.0, 1.0, low_open=True)
@@ -53,7 +55,7 @@ class AdaptiveL1Weights(nn.Module):
     def weights(self) -> torch.Tensor:
         """The effective per-latent weights w~ (detached)."""
         ref = self.reference()
-        w = (ref / self.ema.clamp_min(A_FLOOR)).pow(self.gamma).clamp(W_MIN, W_MAX)
+        w = (ref / self.ema.clamp_min(A_FLOOR)).pow(self.gamma).clamp(W_MIN, self.w_max)
         return 1.0 + (w - 1.0) * self.ramp()
 
     @torch.no_grad()
@@ -68,11 +70,12 @@ class AdaptiveLasso(SAE):
     variant = "adaptive_lasso"
 
     def __init__(self, d_in: int, d_sae: int, l1_coeff: float = 1e-3, gamma: float = 1.0, ema_beta: float = 0.999,
-                 ref_pct: float = 0.01, warmup_start: int = 0, warmup_steps: int = 0, *,
-                 dead_after_tokens: int = 1_000_000, seed: int = 0) -> None:
-        super().__init__(d_in, d_sae, dead_after_tokens=dead_after_tokens, seed=seed)
+                 ref_pct: float = 0.01, warmup_start: int = 0, warmup_steps: int = 0,
+                 w_max: float = W_MAX, *,
+                 dead_after_tokens: int = 1_000_000, seed: int = 0, loss_scale: str = "sum") -> None:
+        super().__init__(d_in, d_sae, dead_after_tokens=dead_after_tokens, seed=seed, loss_scale=loss_scale)
         self.l1_coeff = check_nonnegative("l1_coeff", l1_coeff)
-        self.reweighting = AdaptiveL1Weights(d_sae, gamma, ema_beta, ref_pct, warmup_start, warmup_steps)
+        self.reweighting = AdaptiveL1Weights(d_sae, gamma, ema_beta, ref_pct, warmup_start, warmup_steps, w_max)
 
     # hyperparameters live on the reweighting module; expose them for config()
     gamma = property(lambda self: self.reweighting.gamma)
@@ -80,6 +83,7 @@ class AdaptiveLasso(SAE):
     ref_pct = property(lambda self: self.reweighting.ref_pct)
     warmup_start = property(lambda self: self.reweighting.warmup_start)
     warmup_steps = property(lambda self: self.reweighting.warmup_steps)
+    w_max = property(lambda self: self.reweighting.w_max)
 
     def l1_weights(self) -> torch.Tensor:
         return self.reweighting.weights()
@@ -97,10 +101,11 @@ class AEN(AdaptiveLasso):
     variant = "aen"
 
     def __init__(self, d_in: int, d_sae: int, l1_coeff: float = 1e-3, l2_coeff: float = 1e-3, gamma: float = 1.0,
-                 ema_beta: float = 0.999, ref_pct: float = 0.01, warmup_start: int = 0, warmup_steps: int = 0, *,
-                 dead_after_tokens: int = 1_000_000, seed: int = 0) -> None:
-        super().__init__(d_in, d_sae, l1_coeff, gamma, ema_beta, ref_pct, warmup_start, warmup_steps,
-                         dead_after_tokens=dead_after_tokens, seed=seed)
+                 ema_beta: float = 0.999, ref_pct: float = 0.01, warmup_start: int = 0, warmup_steps: int = 0,
+                 w_max: float = W_MAX, *,
+                 dead_after_tokens: int = 1_000_000, seed: int = 0, loss_scale: str = "sum") -> None:
+        super().__init__(d_in, d_sae, l1_coeff, gamma, ema_beta, ref_pct, warmup_start, warmup_steps, w_max,
+                         dead_after_tokens=dead_after_tokens, seed=seed, loss_scale=loss_scale)
         self.l2_coeff = check_nonnegative("l2_coeff", l2_coeff)
 
     def penalties(self, h, pre, x, x_hat):

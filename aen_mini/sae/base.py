@@ -11,7 +11,25 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from aen_mini.validate import check_activations, check_features, check_positive_int, check_seed
+from aen_mini.validate import check_activations, check_choice, check_features, check_positive_int, check_seed
+
+# How the reconstruction error is reduced over features. "sum" (ours): ||x - x_hat||^2 averaged over the batch.
+# "mean" (the authors'): averaged over the batch and the d_in features, i.e. "sum" / d_in. The same run in both
+# conventions therefore needs penalty coefficients lambda_sum = d_in * lambda_mean (see coefficients_for_scale).
+LOSS_SCALES = ("sum", "mean")
+# The two initialisations. "ours": encoder = decoder transposed, b_enc = 0 (and the trainer puts b_dec at the
+# first batch's mean, TrainConfig.init_b_dec). "authors": torch.nn.Linear's default init for an untied encoder
+# (weights and b_enc uniform in +-1/sqrt(d_in)) and decoder (uniform in +-1/sqrt(d_sae), columns then
+# normalised), b_dec = 0, as in the authors' saes/base.py.
+INITS = ("ours", "authors")
+
+
+def coefficients_for_scale(coeff: float, d_in: int, from_scale: str, to_scale: str) -> float:
+    """A penalty coefficient converted between loss scales: lambda_sum = d_in * lambda_mean."""
+    check_choice("from_scale", from_scale, LOSS_SCALES)
+    check_choice("to_scale", to_scale, LOSS_SCALES)
+    factor = {("mean", "sum"): float(d_in), ("sum", "mean"): 1.0 / d_in}.get((from_scale, to_scale), 1.0)
+    return coeff * factor
 
 
 class StatReducer:
@@ -56,8 +74,10 @@ class SAE(nn.Module):
     l1_coeff: float = 0.0
     l2_coeff: float = 0.0
 
-    def __init__(self, d_in: int, d_sae: int, *, dead_after_tokens: int = 1_000_000, seed: int = 0) -> None:
+    def __init__(self, d_in: int, d_sae: int, *, dead_after_tokens: int = 1_000_000, seed: int = 0,
+                 loss_scale: str = "sum") -> None:
         super().__init__()
+        self.loss_scale = check_choice("loss_scale", loss_scale, LOSS_SCALES)
         self.d_in = check_positive_int("d_in", d_in)
         self.d_sae = check_positive_int("d_sae", d_sae)
         self.dead_after_tokens = check_positive_int("dead_after_tokens", dead_after_tokens)
@@ -73,6 +93,22 @@ class SAE(nn.Module):
         # resampling and AuxK all read.
         self.register_buffer("tokens_since_fired", torch.zeros(d_sae, dtype=torch.long))
         self._last_codes: torch.Tensor | None = None
+        # Multiplies the "l1" and "l2" terms: the trainer's coefficient warm-up (TrainConfig.l1_warmup_steps)
+        # sets it each step. Not a hyperparameter: 1 outside training.
+        self.penalty_scale = 1.0
+
+    @torch.no_grad()
+    def init_like_authors_(self, seed: int = 0) -> "SAE":
+        """Re-draw the parameters as the authors' nn.Linear layers start (see INITS); returns self."""
+        g = torch.Generator().manual_seed(check_seed("seed", seed))
+        enc_bound, dec_bound = self.d_in ** -0.5, self.d_sae ** -0.5
+        uniform = lambda shape, bound: (torch.rand(shape, generator=g) * 2 - 1) * bound  # noqa: E731
+        atoms = uniform((self.d_in, self.d_sae), dec_bound)
+        self.W_dec.copy_(atoms / atoms.norm(dim=0, keepdim=True).clamp_min(1e-12))
+        self.W_enc.copy_(uniform((self.d_sae, self.d_in), enc_bound))
+        self.b_enc.copy_(uniform((self.d_sae,), enc_bound))
+        self.b_dec.zero_()
+        return self
 
     # --- the map -----------------------------------------------------------------------------------
     def pre_activation(self, x: torch.Tensor) -> torch.Tensor:
@@ -110,11 +146,18 @@ class SAE(nn.Module):
         pre = self.pre_activation(x)
         h = self.activation(pre)
         x_hat = self.decode(h)
-        terms = {"mse": (x - x_hat).pow(2).sum(-1).mean()}
+        terms = {"mse": self.reconstruction_error(x, x_hat)}
         terms.update(self.penalties(h, pre, x, x_hat))
+        if self.penalty_scale != 1.0:
+            terms.update({name: terms[name] * self.penalty_scale for name in ("l1", "l2") if name in terms})
         terms["loss"] = torch.stack(list(terms.values())).sum()
         self._last_codes = h.detach()
         return terms
+
+    def reconstruction_error(self, x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
+        """||x - x_hat||^2 averaged over the batch ("sum") or over the batch and the features ("mean")."""
+        error = (x - x_hat).pow(2).sum(-1).mean()
+        return error / x.shape[-1] if self.loss_scale == "mean" else error
 
     # --- after each optimiser step -----------------------------------------------------------------
     @torch.no_grad()

@@ -12,8 +12,8 @@ class ElasticNet(SAE):
     variant = "elastic_net"
 
     def __init__(self, d_in: int, d_sae: int, l1_coeff: float = 1e-3, l2_coeff: float = 1e-3, *,
-                 dead_after_tokens: int = 1_000_000, seed: int = 0) -> None:
-        super().__init__(d_in, d_sae, dead_after_tokens=dead_after_tokens, seed=seed)
+                 dead_after_tokens: int = 1_000_000, seed: int = 0, loss_scale: str = "sum") -> None:
+        super().__init__(d_in, d_sae, dead_after_tokens=dead_after_tokens, seed=seed, loss_scale=loss_scale)
         self.l1_coeff = check_nonnegative("l1_coeff", l1_coeff)
         self.l2_coeff = check_nonnegative("l2_coeff", l2_coeff)
 

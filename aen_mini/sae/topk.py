@@ -24,8 +24,8 @@ class TopK(SAE):
     variant = "topk"
 
     def __init__(self, d_in: int, d_sae: int, k: int = 32, aux_k: int = 0, aux_coeff: float = 1 / 32, *,
-                 dead_after_tokens: int = 1_000_000, seed: int = 0) -> None:
-        super().__init__(d_in, d_sae, dead_after_tokens=dead_after_tokens, seed=seed)
+                 dead_after_tokens: int = 1_000_000, seed: int = 0, loss_scale: str = "sum") -> None:
+        super().__init__(d_in, d_sae, dead_after_tokens=dead_after_tokens, seed=seed, loss_scale=loss_scale)
         self.k = check_positive_int("k", k)
         if k > d_sae:
             raise ValueError(f"k={k} must not exceed the number of latents d_sae={d_sae}")
@@ -60,8 +60,10 @@ class BatchTopK(TopK):
     variant = "batch_topk"
 
     def __init__(self, d_in: int, d_sae: int, k: int = 32, aux_k: int = 0, aux_coeff: float = 1 / 32,
-                 threshold_momentum: float = 0.01, *, dead_after_tokens: int = 1_000_000, seed: int = 0) -> None:
-        super().__init__(d_in, d_sae, k, aux_k, aux_coeff, dead_after_tokens=dead_after_tokens, seed=seed)
+                 threshold_momentum: float = 0.01, *, dead_after_tokens: int = 1_000_000, seed: int = 0,
+                 loss_scale: str = "sum") -> None:
+        super().__init__(d_in, d_sae, k, aux_k, aux_coeff, dead_after_tokens=dead_after_tokens, seed=seed,
+                         loss_scale=loss_scale)
         self.threshold_momentum = check_in_range("threshold_momentum", threshold_momentum, 0.0, 1.0)
         self.register_buffer("threshold", torch.zeros(()))
 

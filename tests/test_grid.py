@@ -1,0 +1,98 @@
+"""The batched grid trainer trains each SAE exactly as the one-SAE trainer does, and draws spiked data on the device."""
+import pytest
+import torch
+
+from aen_mini.data.synthetic import spiked_dictionary
+from aen_mini.grid import GridConfig, GridRun, SpikedStreams, train_grid
+from aen_mini.sae import make_sae
+from aen_mini.train import TrainConfig, train
+
+
+class ListSource:
+    """Serves fixed batches in order (the ActivationSource protocol)."""
+
+    def __init__(self, batches):
+        self.batches, self.i, self.d_in = batches, 0, batches[0].shape[-1]
+
+    def next_batch(self, batch_size):
+        assert batch_size == self.batches[self.i].shape[0]
+        self.i += 1
+        return self.batches[self.i - 1]
+
+    def state_dict(self):
+        return {"i": self.i}
+
+    def load_state_dict(self, state):
+        self.i = state["i"]
+
+
+D_IN, D_SAE, STEPS, BATCH = 6, 12, 4, 16
+
+# (variant, hyperparameters, init, l1_warmup_steps, stream)
+RELU_RUNS = [
+    ("relu_l1", {"l1_coeff": 0.2}, "ours", 0, 0),
+    ("relu_l1", {"l1_coeff": 0.2}, "authors", 3, 1),
+    ("elastic_net", {"l1_coeff": 0.1, "l2_coeff": 0.05, "loss_scale": "mean"}, "authors", 0, 0),
+    ("aen", {"l1_coeff": 0.1, "l2_coeff": 0.01, "ema_beta": 0.5, "warmup_start": 1, "warmup_steps": 2, "ref_pct": 0.2,
+             "w_max": 3.0}, "ours", 2, 1),
+    ("adaptive_lasso", {"l1_coeff": 0.1, "ema_beta": 0.9, "gamma": 0.5}, "authors", 0, 0),
+]
+TOPK_RUNS = [
+    ("topk", {"k": 3, "aux_coeff": 0.5, "dead_after_tokens": 16}, "authors", 0, 0),
+    ("topk", {"k": 3, "aux_coeff": 0.0}, "ours", 0, 1),
+]
+
+
+@pytest.mark.parametrize("spec", [RELU_RUNS, TOPK_RUNS], ids=["relu_family", "topk"])
+@pytest.mark.parametrize("clip", [None, 0.05])
+def test_grid_equals_one_sae_at_a_time(spec, clip):
+    g = torch.Generator().manual_seed(0)
+    streams = [[torch.rand(BATCH, D_IN, generator=g) * 2 + 0.3 * s for _ in range(STEPS)] for s in range(2)]
+
+    def build(i, variant, hp):
+        return make_sae(variant, D_IN, D_SAE, seed=10 + i, **hp)
+
+    runs = [GridRun(build(i, v, hp), stream=s, init=init, l1_warmup_steps=w) for i, (v, hp, init, w, s) in enumerate(spec)]
+    drawn = []
+
+    def data(batch):  # the batches of every stream at this step
+        t = len(drawn)
+        drawn.append(t)
+        return torch.stack([streams[0][t], streams[1][t]])
+
+    cfg = GridConfig(steps=STEPS, batch_size=BATCH, lr=1e-2, grad_clip=clip, log_every=2)
+    trained, trainer = train_grid(runs, data, cfg)
+    assert len(trainer.history) == 2 and trainer.graph is None
+    for i, (v, hp, init, w, s) in enumerate(spec):
+        ref = build(i, v, hp)
+        train(ref, ListSource(streams[s]), TrainConfig(steps=STEPS, batch_size=BATCH, lr=1e-2, grad_clip=clip, init=init,
+                                                       l1_warmup_steps=w, progress=False, log_every=STEPS))
+        for name in ("W_enc", "b_enc", "W_dec", "b_dec", "tokens_since_fired"):
+            assert torch.allclose(getattr(trained[i], name).float(), getattr(ref, name).float(), atol=1e-5), (v, name)
+        if hasattr(ref, "reweighting"):
+            assert torch.allclose(trained[i].reweighting.ema, ref.reweighting.ema, atol=1e-6)
+            assert torch.allclose(trained[i].l1_weights(), ref.l1_weights(), atol=1e-5)
+
+
+def test_mixing_topk_and_relu_or_two_ks_is_refused():
+    data = lambda b: torch.zeros(1, b, D_IN)  # noqa: E731
+    with pytest.raises(ValueError, match="not a mix"):
+        train_grid([GridRun(make_sae("topk", D_IN, D_SAE, k=2)), GridRun(make_sae("relu_l1", D_IN, D_SAE))], data,
+                   GridConfig(steps=1, batch_size=4))
+    with pytest.raises(ValueError, match="one k"):
+        train_grid([GridRun(make_sae("topk", D_IN, D_SAE, k=2)), GridRun(make_sae("topk", D_IN, D_SAE, k=3))], data,
+                   GridConfig(steps=1, batch_size=4))
+
+
+def test_spiked_streams_are_exactly_k_sparse_on_their_dictionaries():
+    streams = SpikedStreams(16, 32, 3, [(0.0, 0), (0.9, 1)], seed=0)
+    x, codes = streams.draw(500)
+    assert x.shape == (2, 500, 16) and codes.shape == (2, 500, 32)
+    assert torch.equal((codes > 0).sum(-1), torch.full((2, 500), 3))
+    assert codes[codes > 0].min() >= 1.0 and codes.max() <= 3.0
+    assert torch.allclose(x[1], codes[1] @ spiked_dictionary(16, 32, 0.9, 1).T, atol=1e-5)
+    centred = SpikedStreams(16, 32, 3, [(0.9, 1)], centre=True, seed=0)
+    xc, _ = centred.draw(20000)
+    assert xc.mean(1).norm() < 0.05 * x[1].mean(0).norm()
+    held, _ = streams.held_out(100)
+    assert not torch.allclose(held, streams.draw(100)[0])

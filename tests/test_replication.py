@@ -1,0 +1,68 @@
+"""benchmarks/replication.py's pipeline at a tiny size: records carry every field the issue asks for, the authors'
+selection picks the grid point closest to the target, calibration interpolates and flags misses."""
+import math
+from dataclasses import replace
+
+import pytest
+
+import aen_mini.replication as R
+
+REQUIRED = ("protocol", "method", "rho", "seed", "init", "l1_warmup", "aux", "steps", "batch_size", "target_l0", "l0",
+            "calibration_converged", "dead_pct", "dead_window_samples", "ev", "support_f1", "firing_density")
+TINY = replace(R.SIZES["tiny"], step_scale=0.002, dead_window=2048, eval_samples=512)
+
+
+def test_interpolation_is_log_linear_between_the_bracketing_trials():
+    trials = [{"l1_coeff": 1.0, "l0": 32.0}, {"l1_coeff": 4.0, "l0": 8.0}, {"l1_coeff": 16.0, "l0": 1.0}]
+    # log L0 falls by log 4 per log 4 of l1 between 1 and 4: L0 = 16 at l1 = 2
+    assert R._interpolate(trials, 16.0) == pytest.approx(2.0)
+    # no bracket: the closest trial
+    assert R._interpolate([{"l1_coeff": 1.0, "l0": 40.0}, {"l1_coeff": 2.0, "l0": 30.0}], 16.0) == 2.0
+
+
+def test_controlled_records_have_every_field_and_flag_misses():
+    cells = [R.Cell("relu_l1", "relu_l1"), R.Cell("topk", "topk", init="authors")]
+    records = R.run_controlled(cells, [0.5], [0], replace(TINY, ours_batch=64, ours_steps=20), "cpu")
+    assert {r["method"] for r in records} == {"relu_l1", "topk"}
+    for r in records:
+        assert all(key in r for key in REQUIRED)
+        hist = r["firing_density"]
+        assert sum(hist["counts"]) + hist["dead"] == TINY.d_sae
+        assert r["dead_pct"] == pytest.approx(100 * hist["dead"] / TINY.d_sae)
+        assert r["calibration_converged"] == (abs(r["l0"] / r["target_l0"] - 1) <= R.REL_TOL)
+    relu = next(r for r in records if r["method"] == "relu_l1")
+    assert len(relu["calibration_trials"]) == R.CALIBRATION_POINTS
+    assert relu["l1_coeff_authors_scale"] == pytest.approx(relu["l1_coeff"] / TINY.n)
+    text = R.report_markdown(records, {"size": "tiny", "complete": True})
+    row = next(line for line in text.splitlines() if line.startswith("| relu_l1 |"))
+    assert (" !" in row) == (not relu["calibration_converged"])
+
+
+def test_authors_selection_is_the_grid_point_closest_to_the_target(monkeypatch):
+    monkeypatch.setattr(R, "AUTHORS_GRID", {"relu_l1": [{"l1_coeff": 0.05}, {"l1_coeff": 0.0005}], "elastic_net": [],
+                                            "aen": [], "topk": [{"k": 16}]})
+    records = R.run_authors([0.9], [0], TINY, "cpu")
+    relu = next(r for r in records if r["method"] == "relu_l1")
+    assert all(key in relu for key in REQUIRED) and relu["init"] == "authors" and relu["loss_scale"] == "mean"
+    best = min(relu["grid"], key=lambda g: abs(g["l0"] - relu["target_l0"]))
+    assert math.isclose(relu["l1_coeff"], best["hyper"]["l1_coeff"])
+    assert relu["l1_coeff"] in (0.05 * 256 / TINY.n, 0.0005 * 256 / TINY.n)  # kept in sum-scale units
+
+
+def test_summary_table_by_hand():
+    base = {"protocol": "ours", "method": "aen", "init": "ours", "centred": False, "rho": 0.0, "l0": 4.0, "ev": 0.5,
+            "support_f1": 0.6}
+    records = [{**base, "dead_pct": 10.0, "calibration_converged": True},
+               {**base, "dead_pct": 30.0, "calibration_converged": False}]
+    cell = R.summary_table(records)["ours|aen|ours|False|0.0"]
+    assert cell["dead_pct_mean"] == 20.0 and cell["dead_pct_min"] == 10.0 and cell["dead_pct_max"] == 30.0
+    assert cell["seeds"] == 2 and cell["converged"] is False
+
+
+def test_results_file_round_trips():
+    import json
+    records = [{"protocol": "ours", "method": "aen", "init": "ours", "centred": False, "rho": 0.0, "l0": 4.0, "ev": 0.5,
+                "support_f1": 0.6, "dead_pct": 1.0, "calibration_converged": True, "grid": [[1, 2]]}]
+    data = json.loads(R.dumps({"size": "tiny"}, records))
+    assert data["records"] == records and data["metadata"] == {"size": "tiny"}
+    assert data["summary"]["ours|aen|ours|False|0.0"]["seeds"] == 1
