@@ -131,6 +131,9 @@ def _legend_below(fig: Figure, axes: Sequence[Axes]) -> None:
         fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 3), frameon=False)
 
 
+_CELL_PADDING = "padding: 0.25em 0.75em"
+
+
 def html_table(rows: Sequence[Mapping[str, Any]] | Sequence[Sequence[Any]], columns: Sequence[str] | Mapping[str, str],
                *, digits: int = 3, formats: Mapping[str, str] | None = None, caption: str | None = None) -> Any:
     """Rows as an HTML table (IPython.display.HTML), numbers rounded.
@@ -159,8 +162,8 @@ def html_table(rows: Sequence[Mapping[str, Any]] | Sequence[Sequence[Any]], colu
             numeric = True
         else:
             text, numeric = str(value), False
-        align = ' style="text-align: right"' if numeric else ""
-        return f"<td{align}>{html.escape(text)}</td>"
+        align = "text-align: right; " if numeric else ""
+        return f'<td style="{align}{_CELL_PADDING}">{html.escape(text)}</td>'
 
     body = []
     for i, row in enumerate(rows):
@@ -174,7 +177,7 @@ def html_table(rows: Sequence[Mapping[str, Any]] | Sequence[Sequence[Any]], colu
             if len(values) != len(keys):
                 raise ValueError(f"row {i} has {len(values)} values for {len(keys)} columns")
         body.append("<tr>" + "".join(cell(k, v) for k, v in zip(keys, values)) + "</tr>")
-    head = "".join(f"<th>{html.escape(str(headers[k]))}</th>" for k in keys)
+    head = "".join(f'<th style="{_CELL_PADDING}">{html.escape(str(headers[k]))}</th>' for k in keys)
     title = f"<caption>{html.escape(caption)}</caption>" if caption else ""
     return HTML(f'<table class="dataframe aen-table">{title}<thead><tr>{head}</tr></thead>'
                 f"<tbody>{''.join(body)}</tbody></table>")

@@ -185,8 +185,9 @@ def test_html_table_rounds_escapes_and_aligns() -> None:
                        {"method": "method", "l0": "L0", "dead": "dead latents", "ev": "EV"},
                        formats={"l0": "{:.1f}"}, caption="synthetic data, rho = 0")
     text = table.data
-    assert "<caption>synthetic data, rho = 0</caption>" in text and "<th>dead latents</th>" in text
+    assert "<caption>synthetic data, rho = 0</caption>" in text and ">dead latents</th>" in text
     assert "ReLU + L1 &lt;b&gt;" in text and ">12.3</td>" in text and ">3</td>" in text and ">n/a</td>" in text
+    assert 'style="text-align: right; padding' in text  # numbers align right
     assert "|" not in text
     assert ">3.14</td>" in html_table([[3.14159]], ["x"]).data  # 3 significant digits by default
     with pytest.raises(ValueError, match="row 0 has no"):
