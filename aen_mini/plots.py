@@ -35,6 +35,7 @@ __all__ = [
     "METHOD_COLORS",
     "method_color",
     "html_table",
+    "sweep_table",
     "plot_activation_regions",
     "plot_atoms",
     "plot_code_paths",
@@ -181,6 +182,19 @@ def html_table(rows: Sequence[Mapping[str, Any]] | Sequence[Sequence[Any]], colu
     title = f"<caption>{html.escape(caption)}</caption>" if caption else ""
     return HTML(f'<table class="dataframe aen-table">{title}<thead><tr>{head}</tr></thead>'
                 f"<tbody>{''.join(body)}</tbody></table>")
+
+
+def sweep_table(summary: Sequence[Mapping[str, Any]], metrics: Sequence[str], *, caption: str,
+                digits: int = 3) -> Any:
+    """An HTML table of ``aen_mini.sweep.summarise`` rows (the book's replacement for printing
+    ``sweep.markdown_table``): method, rho, seeds, l1, then "mean ± std" over seeds for each metric."""
+    missing = [f"{m}_mean" for m in metrics if summary and f"{m}_mean" not in summary[0]]
+    if missing:
+        raise ValueError(f"summary rows have no {missing}; summarise the records with these metrics")
+    rows = [[r["label"], r["rho"], r.get("n_seeds", 1), "k" if r.get("l1_coeff") is None else f"{r['l1_coeff']:.3g}",
+             *(f"{r[f'{m}_mean']:.{digits}g} ± {r[f'{m}_std']:.2g}" for m in metrics)] for r in summary]
+    headers = ["method", "ρ", "seeds", "l1", *(SWEEP_LABELS.get(m, m) for m in metrics)]
+    return html_table(rows, headers, caption=caption)
 
 
 CURVE_LABELS = {

@@ -15,7 +15,7 @@ import torch
 from matplotlib.figure import Figure
 
 from aen_mini.geometry import activation_regions, code_path, unit_atoms
-from aen_mini.plots import (FIG_WIDTH, METHOD_COLORS, html_table, method_color, plot_activation_regions, plot_atoms,
+from aen_mini.plots import (FIG_WIDTH, METHOD_COLORS, html_table, sweep_table, method_color, plot_activation_regions, plot_atoms,
                             plot_code_magnitudes, plot_code_paths, plot_histogram, plot_lipschitz, plot_matched_l0,
                             plot_rho_sweep, plot_training_curves, plot_weight_trajectories, plot_weights_vs_usage)
 
@@ -196,3 +196,15 @@ def test_html_table_rounds_escapes_and_aligns() -> None:
         html_table([[1, 2]], ["a"])
     with pytest.raises(ValueError, match="formats for columns"):
         html_table([[1]], ["a"], formats={"b": "{}"})
+
+
+def test_sweep_table_shows_mean_and_spread_per_method_and_rho() -> None:
+    from aen_mini.sweep import summarise
+
+    records = [{"method": "aen", "label": "AEN", "rho": 0.9, "seed": s, "l1_coeff": 0.08, "dead_pct": d}
+               for s, d in enumerate([1.0, 3.0])]
+    text = sweep_table(summarise(records, ["dead_pct"]), ["dead_pct"], caption="synthetic, rho = 0.9").data
+    assert ">AEN</td>" in text and ">0.9</td>" in text and ">2</td>" in text and ">0.08</td>" in text
+    assert ">2 ± 1.4</td>" in text and ">dead latents (%)</th>" in text
+    with pytest.raises(ValueError, match="no \\['ev_mean'\\]"):
+        sweep_table(summarise(records, ["dead_pct"]), ["ev"], caption="x")
