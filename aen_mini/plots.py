@@ -18,6 +18,7 @@ import re
 import zlib
 from typing import Any, Callable, Mapping, Sequence, TypeVar
 
+import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
@@ -105,7 +106,12 @@ def _book_style(draw: F) -> F:
     @functools.wraps(draw)
     def styled(*args: Any, **kwargs: Any) -> Any:
         with plt.rc_context(BOOK_RC):
-            return draw(*args, **kwargs)
+            fig = draw(*args, **kwargs)
+            interactive = matplotlib.is_interactive()
+        # Jupyter's inline backend turns interactive mode on when the first figure loads it; rc_context's exit
+        # would turn it off again, and no later figure would be shown.
+        matplotlib.interactive(interactive)
+        return fig
 
     return styled  # type: ignore[return-value]
 

@@ -208,3 +208,22 @@ def test_sweep_table_shows_mean_and_spread_per_method_and_rho() -> None:
     assert ">2 ± 1.4</td>" in text and ">dead latents (%)</th>" in text
     with pytest.raises(ValueError, match="no \\['ev_mean'\\]"):
         sweep_table(summarise(records, ["dead_pct"]), ["ev"], caption="x")
+
+
+def test_book_style_keeps_interactive_mode_that_a_backend_turned_on() -> None:
+    """Jupyter's inline backend turns interactive mode on while the first figure is drawn (inside the style's
+    rc_context); if the context's exit turned it off again, no later figure of the notebook would be shown."""
+    from aen_mini.plots import _book_style
+
+    @_book_style
+    def loads_a_backend() -> Figure:
+        matplotlib.interactive(True)
+        return plt.figure()
+
+    was = matplotlib.is_interactive()
+    try:
+        matplotlib.interactive(False)
+        loads_a_backend()
+        assert matplotlib.is_interactive()
+    finally:
+        matplotlib.interactive(was)
