@@ -44,7 +44,7 @@ student: $(STAMP)
 
 # A wheel to hand to students (upload it to Colab) until the package is published.
 wheel: $(STAMP)
-	$(BIN)/pip wheel -q --no-deps -w dist .
+	$(BIN)/pip wheel -q --no-deps -w dist . && rm -rf build
 
 # The browser stage of `make test`: builds a few light pages (and checks _build/html if `make book` made it),
 # then renders them in headless Chromium.
@@ -83,4 +83,4 @@ benchmarks: $(STAMP) $(MATHJAX)
 	$(BIN)/python benchmarks/book.py
 
 clean:
-	rm -rf _build .venv $(SAELENS_VENV) _mathjax dist
+	rm -rf _build .venv $(SAELENS_VENV) _mathjax dist build
