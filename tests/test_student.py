@@ -88,6 +88,29 @@ def test_exercises_reject_a_broken_format(header: str, tags: list[str], message:
         student.exercises(_exercise_notebook(header, tags))
 
 
+def test_main_syncs_links_writes_editions_and_removes_stale_ones(tmp_path: Path) -> None:
+    (tmp_path / "_config.yml").write_text("repository:\n  url: https://github.com/someone/book\n  branch: dev\n")
+    (tmp_path / "notebooks").mkdir()
+    nb = _exercise_notebook("**Exercise 1.1: t** (difficulty: easy, about 5 min)", ["solution", "hide-input"])
+    v4 = nbformat.v4
+    nb.cells[:0] = [v4.new_markdown_cell("# T\n[![Open In Colab](https://x/badge.svg)](https://old/link.ipynb)"),
+                    v4.new_code_cell("import sys\nif 'google.colab' in sys.modules:\n    pass")]
+    nbformat.write(nb, tmp_path / "notebooks" / "01_t.ipynb")
+    (tmp_path / STUDENT_DIR).mkdir()
+    nbformat.write(nb, tmp_path / STUDENT_DIR / "02_gone.ipynb")
+    root = ["--root", str(tmp_path)]
+    assert student.main([*root, "--check"]) == 1
+    assert (tmp_path / STUDENT_DIR / "02_gone.ipynb").exists(), "--check changes nothing"
+    assert student.main(root) == 0 and student.main([*root, "--check"]) == 0
+    assert not (tmp_path / STUDENT_DIR / "02_gone.ipynb").exists()
+    repo = Repository("someone/book", "dev")
+    source, edition = _read(tmp_path / "notebooks" / "01_t.ipynb"), _read(tmp_path / STUDENT_DIR / "01_t.ipynb")
+    assert repo.colab_url("01_t") in source.cells[0].source and "/blob/dev/student/01_t.ipynb" in repo.colab_url("01_t")
+    assert source.cells[1].source == edition.cells[1].source == repo.install_cell()
+    assert "git+https://github.com/someone/book@dev" in repo.install_cell()
+    assert "NotImplementedError" in edition.cells[3].source and "return x" in source.cells[3].source
+
+
 def test_student_editions_are_in_sync_with_the_chapters() -> None:
     assert student.main(["--root", str(ROOT), "--check"]) == 0, "run `make student` and commit the result"
 
