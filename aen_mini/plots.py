@@ -15,7 +15,6 @@ import functools
 import html
 import math
 import re
-import zlib
 from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 import matplotlib
