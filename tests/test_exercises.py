@@ -133,6 +133,15 @@ def test_wrong_answer_is_named(name: str, wrong, words: list[str]) -> None:
     assert "expected" in feedback
 
 
+@pytest.mark.parametrize("name", sorted(EXERCISES))
+def test_every_checker_rejects_the_student_stub_with_a_message(name: str) -> None:
+    def stub(*args):
+        raise NotImplementedError("Exercise 9.9: your code here")
+
+    feedback = check(name, stub)
+    assert not feedback.passed and "raised NotImplementedError: Exercise 9.9: your code here" in feedback
+
+
 def test_a_crashing_or_silent_answer_is_feedback_not_an_error() -> None:
     def crashes(z, l1, l2):
         raise RuntimeError("boom")
