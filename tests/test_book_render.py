@@ -156,6 +156,11 @@ MEASURE_JS = r"""
     document.querySelectorAll("script[src*='mathjax' i], script[src*='tex-' i]").forEach(function (s) {
       out.mathjax_src.push(s.getAttribute("src"));
     });
+    out.remote = [];
+    document.querySelectorAll("script[src], link[rel='stylesheet'][href]").forEach(function (el) {
+      const url = el.getAttribute("src") || el.getAttribute("href");
+      if (/^(https?:)?\/\//.test(url)) { out.remote.push(url); }
+    });
     const copy = document.body.cloneNode(true);
     copy.querySelectorAll("pre, code, script, style, mjx-container, .highlight").forEach(function (el) { el.remove(); });
     out.text = copy.textContent;
@@ -189,6 +194,8 @@ def layout_problems(m: dict, *, needs_math: bool = False) -> list[str]:
     remote = [src for src in m["mathjax_src"] if urlsplit(src).scheme in ("http", "https")]
     if remote:
         problems.append(f"MathJax is loaded from the network: {remote}")
+    if m.get("remote"):
+        problems.append(f"the page loads scripts or styles from the network: {m['remote']}")
     if needs_math and not m["math"]:
         problems.append("the page has no formula, though it should")
     return problems
@@ -306,11 +313,12 @@ def test_layout_problems_finds_each_problem() -> None:
     bad = {"figures": [{"src": "a.png", "caption": None, "right": 900, "width": 700},
                        {"src": "b.png", "caption": "sine", "right": 900, "width": 700}],
            "overflow": ["output: 1400 px of content in 752 px"], "math": 2, "untypeset": 1,
-           "mathjax_src": ["https://cdn.example/tex-chtml.js"],
+           "mathjax_src": ["https://cdn.example/tex-chtml.js"], "remote": ["https://cdn.example/require.js"],
            "text": "| method | L0 | |---|---| | AEN | 3 | and \\( x \\) raw"}
     problems = layout_problems(bad)
     for words in ("a.png has no numbered caption", "b.png has no numbered caption", "wider than the text column",
-                  "raw markdown table", "raw LaTeX '\\\\('", "1 of 2 formulas", "loaded from the network"):
+                  "raw markdown table", "raw LaTeX '\\\\('", "1 of 2 formulas", "loaded from the network",
+                  "scripts or styles from the network"):
         assert any(words in p for p in problems), f"{words!r} not in {problems}"
     assert "no formula" in layout_problems({**good, "math": 0}, needs_math=True)[0]
 
