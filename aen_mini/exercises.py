@@ -18,9 +18,11 @@ returns ``_run_cases(...)`` or a `Feedback` of its own; `EXERCISES` and `check` 
 Exercises so far (chapter: name -> student signature):
     1: relu_sae_forward(x, W_enc, b_enc, W_dec, b_dec) -> (x_hat, h)
     1: sae_loss(x, x_hat, h, l1_coeff) -> scalar loss
+    1: explained_variance(x, x_hat) -> float, 1 - sum ||x - x_hat||^2 / sum ||x - mean(x)||^2
     2: elastic_net_prox(z, l1, l2) -> h, elementwise argmin_{h>=0} 1/2 (h - z)^2 + l1 h + l2 h^2
     2: lipschitz_bound(D, l2) -> float
     2: adaptive_weights(a, gamma, ref_pct) -> w
+    2: amortisation_gap(sae, x) -> float, batch mean of the SAE objective at the encoder's codes minus at the exact codes
     3: dead_fraction(h) -> float, share of latents that never fire on a batch of codes
     3: calibrate_l1(measure_l0, target, l1_start, trials) -> l1 whose L0 is within 10 % of the target
     3: dead_window(density, risk) -> int, the fewest samples on which a latent of that firing density looks dead
@@ -38,10 +40,10 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor
 
-from aen_mini.metrics import _sae_objective, dead_fraction
+from aen_mini.metrics import _sae_objective, amortisation_gap, dead_fraction, explained_variance
 from aen_mini.sae import make_sae
 from aen_mini.sae.adaptive import AdaptiveL1Weights
-from aen_mini.solve import lipschitz_bound, solve_sparse_codes
+from aen_mini.solve import lipschitz_bound, solve_for_sae, solve_sparse_codes
 
 __all__ = ["EXERCISES", "Feedback", "check", "exercise"]
 
@@ -241,6 +243,34 @@ def check_sae_loss(fn: Callable[..., Any]) -> Feedback:
     return _run_cases(fn, cases, lambda got, exp: _mismatch("the loss", got, exp), hint)
 
 
+@exercise("explained_variance")
+def check_explained_variance(fn: Callable[..., Any]) -> Feedback:
+    """fn(x (B, d), x_hat (B, d)) -> float: 1 - sum ||x - x_hat||^2 / sum ||x - mean_b(x)||^2 over the batch."""
+    cases = []
+    for seed, (batch, d_in, offset, noise) in enumerate([(6, 3, 2.0, 0.3), (10, 5, -1.0, 1.0), (4, 2, 5.0, 2.0)]):
+        g = _gen(250 + seed)
+        x = torch.randn(batch, d_in, generator=g) + offset  # an offset: centring matters
+        x_hat = x + noise * torch.randn(batch, d_in, generator=g)
+        cases.append((f"test input {seed} (x of shape {tuple(x.shape)}, mean {offset})", (x, x_hat),
+                      torch.tensor(explained_variance(x, x_hat), dtype=torch.float64)))
+
+    def hint(args: tuple[Any, ...], got: Any) -> str | None:
+        x, x_hat = (a.double() for a in args)
+        err, centred = (x - x_hat).pow(2), (x - x.mean(dim=0)).pow(2)
+        known = {
+            "centre x on its batch mean before summing: the baseline is predicting mean(x), not 0.":
+                1 - err.sum() / x.pow(2).sum(),
+            "that is the unexplained share; EV is 1 minus it.": err.sum() / centred.sum(),
+            "sum the errors over the whole batch first, then divide once (a mean of per-row ratios is another "
+            "number).": (1 - err.sum(1) / centred.sum(1)).mean(),
+            "take the mean over the batch (dim=0), one mean per feature, not the mean of each row.":
+                1 - err.sum() / (x - x.mean(dim=1, keepdim=True)).pow(2).sum(),
+        }
+        return next((message for message, value in known.items() if _matches(got, value)), None)
+
+    return _run_cases(fn, cases, lambda got, exp: _mismatch("the explained variance", got, exp), hint)
+
+
 # --- chapter 2 ---------------------------------------------------------------------------------------------
 @exercise("elastic_net_prox")
 def check_elastic_net_prox(fn: Callable[..., Any]) -> Feedback:
@@ -309,7 +339,9 @@ def check_adaptive_weights(fn: Callable[..., Any]) -> Feedback:
         torch.tensor([0.2, 0.2, 0.2, 0.2]),
     ]
     cases = []
-    for a, gamma, ref_pct in [(usages[0], 1.0, 0.2), (usages[1], 0.5, 0.25), (usages[1], 2.0, 0.1), (usages[2], 1.5, 0.5)]:
+    # (usages[1], 1.0, 0.3): ceil(0.3 * 8) = 3 top entries, where max(1, int(0.3 * 8)) would take 2.
+    for a, gamma, ref_pct in [(usages[0], 1.0, 0.2), (usages[1], 0.5, 0.25), (usages[1], 2.0, 0.1), (usages[2], 1.5, 0.5),
+                              (usages[1], 1.0, 0.3)]:
         rule = AdaptiveL1Weights(len(a), gamma, ema_beta=0.9, ref_pct=ref_pct, warmup_start=0, warmup_steps=0)
         rule.ema.copy_(a)
         cases.append((f"a={_fmt(a)}, gamma={gamma}, ref_pct={ref_pct}", (a, gamma, ref_pct),
@@ -324,9 +356,66 @@ def check_adaptive_weights(fn: Callable[..., Any]) -> Feedback:
             return "clip the weights to [0.01, 10]."
         if _matches(got, (a.max() / a.clamp_min(1e-5)).pow(gamma).clamp(0.01, 10.0)):
             return "ref is the mean of the top ceil(ref_pct * m) entries of a, not the maximum."
+        floor_ref = a.topk(max(1, int(ref_pct * len(a)))).values.mean()
+        if _matches(got, (floor_ref / a.clamp_min(1e-5)).pow(gamma).clamp(0.01, 10.0)):
+            return "round the number of reference entries up: ceil(ref_pct * m), not int(ref_pct * m)."
         return None
 
     return _run_cases(fn, cases, lambda got, exp: _mismatch("w", got, exp), hint)
+
+
+def _trained_like_sae(variant: str, seed: int, d_in: int, d_sae: int, **coeffs: float):
+    """A small SAE with random (untied) weights: its encoder is far from the exact codes, as early in training."""
+    sae = make_sae(variant, d_in, d_sae, seed=seed, **coeffs)
+    W_enc, b_enc, W_dec, b_dec = _sae_params(seed, d_in, d_sae)
+    with torch.no_grad():
+        for name, value in zip(("W_enc", "b_enc", "W_dec", "b_dec"), (W_enc, b_enc, W_dec, b_dec)):
+            getattr(sae, name).copy_(value)
+    return sae
+
+
+@exercise("amortisation_gap")
+def check_amortisation_gap(fn: Callable[..., Any]) -> Feedback:
+    """fn(sae, x) -> float: mean_b [L(x, encoder codes) - L(x, exact codes)] with the SAE's own per-sample
+    objective L(x, h) = ||x - decode(h)||^2 + l1 sum_j |h_j| + l2 sum_j h_j^2 (no adaptive weights here)."""
+    cases = []
+    for seed, (variant, d_in, d_sae, coeffs) in enumerate([
+        ("relu_l1", 4, 6, {"l1_coeff": 0.5}),
+        ("elastic_net", 3, 8, {"l1_coeff": 0.3, "l2_coeff": 0.4}),
+        ("elastic_net", 5, 5, {"l1_coeff": 1.0, "l2_coeff": 0.1}),
+    ]):
+        sae = _trained_like_sae(variant, 500 + seed, d_in, d_sae, **coeffs)
+        x = 2 * torch.randn(16, d_in, generator=_gen(600 + seed))
+        expected = torch.tensor(amortisation_gap(sae, x, tol=1e-10)["gap"], dtype=torch.float64)
+        cases.append((f"test input {seed} ({variant}, {coeffs}, x of shape {tuple(x.shape)})", (sae, x), expected))
+
+    def hint(args: tuple[Any, ...], got: Any) -> str | None:
+        sae, x = args
+        l2 = float(getattr(sae, "l2_coeff", 0.0))
+        with torch.no_grad():
+            h_enc, h_star = sae.encode(x).double(), solve_for_sae(sae, x, tol=1e-10).h.double()
+
+            def objective(h: Tensor, l1: float, l2: float) -> Tensor:
+                return ((x - sae.decode(h.float())).double().pow(2).sum(1) + l1 * h.abs().sum(1)
+                        + l2 * h.pow(2).sum(1))
+
+            l1 = float(sae.l1_coeff)
+            gap = objective(h_enc, l1, l2) - objective(h_star, l1, l2)
+            known = {
+                "the solver minimises half the SAE loss (1/2 ||x - D h||^2 + l1/2 ...): evaluate the SAE's own "
+                "objective, not the solver's, or the gap comes out halved.": gap.mean() / 2,
+                "the gap is L(encoder codes) - L(exact codes), which is >= 0: you subtracted the other way.":
+                    -gap.mean(),
+                "include the ridge term l2 sum_j h_j^2 of the elastic net in the objective.":
+                    (objective(h_enc, l1, 0.0) - objective(h_star, l1, 0.0)).mean(),
+                "compare objectives, not codes: the gap is a difference of losses.":
+                    (h_enc - h_star).norm() / h_star.norm(),
+            }
+        if l2 == 0:
+            known.pop("include the ridge term l2 sum_j h_j^2 of the elastic net in the objective.")
+        return next((message for message, value in known.items() if _matches(got, value)), None)
+
+    return _run_cases(fn, cases, lambda got, exp: _mismatch("the gap", got, exp), hint)
 
 
 # --- chapter 3 ---------------------------------------------------------------------------------------------

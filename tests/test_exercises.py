@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from aen_mini.exercises import EXERCISES, Feedback, check
+from aen_mini.solve import solve_for_sae
 
 
 def relu_sae_forward(x, W_enc, b_enc, W_dec, b_dec):
@@ -33,12 +34,41 @@ def adaptive_weights(a, gamma, ref_pct):
     return (ref / a.clamp_min(1e-5)).pow(gamma).clamp(0.01, 10.0)
 
 
+def explained_variance(x, x_hat):
+    return 1 - (x - x_hat).pow(2).sum() / (x - x.mean(dim=0)).pow(2).sum()
+
+
+def sae_objective(sae, x, h, l2):
+    return (x - sae.decode(h)).pow(2).sum(-1) + sae.l1_coeff * h.abs().sum(-1) + l2 * h.pow(2).sum(-1)
+
+
+def amortisation_gap(sae, x, l2=None):
+    """The reference; l2=0.0 gives the mistake of leaving out the ridge term."""
+    l2 = getattr(sae, "l2_coeff", 0.0) if l2 is None else l2
+    h_star = solve_for_sae(sae, x, tol=1e-10).h.float()
+    return (sae_objective(sae, x, sae.encode(x), l2) - sae_objective(sae, x, h_star, l2)).mean().item()
+
+
+def dead_fraction(h):
+    return (h == 0).all(dim=0).float().mean().item()
+
+
+def warmup_ramp(step, warmup_start, warmup_steps):
+    if warmup_steps == 0:
+        return float(step >= warmup_start)
+    return min(max((step - warmup_start) / warmup_steps, 0.0), 1.0)
+
+
 SOLUTIONS = {
     "relu_sae_forward": relu_sae_forward,
     "sae_loss": sae_loss,
     "elastic_net_prox": elastic_net_prox,
     "lipschitz_bound": lipschitz_bound,
     "adaptive_weights": adaptive_weights,
+    "explained_variance": explained_variance,
+    "amortisation_gap": amortisation_gap,
+    "dead_fraction": dead_fraction,
+    "warmup_ramp": warmup_ramp,
 }
 
 # (exercise, wrong answer, words the feedback must contain: the failing input and the hint)
@@ -59,6 +89,25 @@ MISTAKES = [
     ("adaptive_weights", lambda a, g, p: (a.clamp_min(1e-5) / a.max()).pow(g).clamp(0.01, 10), ["gamma=1.0", "ref / a_j"]),
     ("adaptive_weights", lambda a, g, p: (a.topk(math.ceil(p * len(a))).values.mean() / a.clamp_min(1e-5)).pow(g),
      ["a=[1, 0.5, 0.25, 0.1, 0.05]", "clip"]),
+    ("adaptive_weights", lambda a, g, p: (a.topk(max(1, int(p * len(a)))).values.mean() / a.clamp_min(1e-5))
+     .pow(g).clamp(0.01, 10), ["ref_pct=0.3", "ceil(ref_pct * m)"]),
+    ("explained_variance", lambda x, xh: 1 - (x - xh).pow(2).sum() / x.pow(2).sum(), ["test input 0", "centre x"]),
+    ("explained_variance", lambda x, xh: (x - xh).pow(2).sum() / (x - x.mean(0)).pow(2).sum(), ["unexplained share"]),
+    ("explained_variance", lambda x, xh: (1 - (x - xh).pow(2).sum(1) / (x - x.mean(0)).pow(2).sum(1)).mean(),
+     ["per-row ratios"]),
+    ("amortisation_gap", lambda sae, x: amortisation_gap(sae, x) / 2, ["relu_l1", "half the SAE loss"]),
+    ("amortisation_gap", lambda sae, x: -amortisation_gap(sae, x), ["test input 0", "other way"]),
+    ("amortisation_gap", lambda sae, x: amortisation_gap(sae, x, l2=0.0), ["elastic_net", "ridge term"]),
+    ("dead_fraction", lambda h: (h == 0).all(dim=0).sum().item(), ["codes of shape (6, 10)", "divide by m"]),
+    ("dead_fraction", lambda h: 100 * (h == 0).all(dim=0).float().mean().item(), ["percentage"]),
+    ("dead_fraction", lambda h: (h == 0).any(dim=0).float().mean().item(), [".all(dim=0)"]),
+    ("dead_fraction", lambda h: (h == 0).float().mean().item(), ["whole column"]),
+    ("warmup_ramp", lambda step, start, steps: (step - start) / steps if steps else float(step >= start),
+     ["step=0, warmup_start=10", "clip the ramp"]),
+    ("warmup_ramp", lambda step, start, steps: min(max(step / (start + steps), 0.0), 1.0) if steps
+     else float(step >= start), ["step=10", "starts at warmup_start"]),
+    ("warmup_ramp", lambda step, start, steps: min(max((step - start) / max(steps, 1), 0.0), 1.0) if steps else 0.0,
+     ["warmup_steps=0", "is a step"]),
 ]
 
 
@@ -69,8 +118,10 @@ def test_reference_solution_passes(name: str) -> None:
     assert feedback.startswith("correct")
 
 
-def test_every_registered_exercise_has_a_solution_here() -> None:
-    assert set(EXERCISES) >= set(SOLUTIONS)
+def test_every_registered_exercise_has_a_solution_and_a_mistake_here() -> None:
+    assert set(SOLUTIONS) >= set(EXERCISES), f"no reference solution here for {sorted(set(EXERCISES) - set(SOLUTIONS))}"
+    caught = {name for name, _, _ in MISTAKES}
+    assert caught >= set(EXERCISES), f"no wrong answer tested for {sorted(set(EXERCISES) - caught)}"
 
 
 @pytest.mark.parametrize("name, wrong, words", MISTAKES, ids=[f"{m[0]}-{i}" for i, m in enumerate(MISTAKES)])
@@ -80,6 +131,15 @@ def test_wrong_answer_is_named(name: str, wrong, words: list[str]) -> None:
     for word in words:
         assert word in feedback, f"{word!r} not in feedback:\n{feedback}"
     assert "expected" in feedback
+
+
+@pytest.mark.parametrize("name", sorted(EXERCISES))
+def test_every_checker_rejects_the_student_stub_with_a_message(name: str) -> None:
+    def stub(*args):
+        raise NotImplementedError("Exercise 9.9: your code here")
+
+    feedback = check(name, stub)
+    assert not feedback.passed and "raised NotImplementedError: Exercise 9.9: your code here" in feedback
 
 
 def test_a_crashing_or_silent_answer_is_feedback_not_an_error() -> None:

@@ -1,8 +1,9 @@
 """The conventions every chapter notebook follows, checked statically (nothing is executed here).
 
 Each notebook in notebooks/ is listed in _toc.yml and vice versa, and each one has
-- a markdown cell with an "Open in Colab" badge linking to the notebook on GitHub,
+- a markdown cell with an "Open in Colab" badge linking to its student edition on GitHub,
 - as its first code cell, the Colab install cell (a no-op outside Colab),
+  both generated from the one repository URL of _config.yml (aen_mini.links; `make student` writes them),
 - exactly one cell tagged ``config`` that sets ``SIZE = "ci"`` and a ``SIZES`` dict literal whose keys are
   ``"ci"`` and ``"full"``, each mapping to a dict literal with the same keys,
 - the ``python3`` kernel, so the book build and nbval run it with the interpreter they run under.
@@ -10,17 +11,18 @@ Each notebook in notebooks/ is listed in _toc.yml and vice versa, and each one h
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import nbformat
 import pytest
 import yaml
 
+from aen_mini.links import Repository
+
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
-COLAB_PREFIX = "https://colab.research.google.com/github/aen-mini/aen-mini/blob/main/notebooks/"
-COLAB_GUARD = 'if "google.colab" in sys.modules:'
-COLAB_INSTALL = '!pip install -q "aen-mini[llm] @ git+https://github.com/aen-mini/aen-mini"'
+REPO = Repository.from_config(ROOT)
 
 
 def toc_files(entry: dict | list) -> list[str]:
@@ -88,16 +90,14 @@ def _literal_keys(node: ast.expr, where: str) -> list[str]:
 
 def check_notebook(nb: nbformat.NotebookNode, stem: str) -> None:
     """Raise AssertionError naming the first convention ``nb`` breaks."""
-    colab_url = f"{COLAB_PREFIX}{stem}.ipynb"
+    badge = REPO.colab_badge(stem)
     markdown = [c.source for c in nb.cells if c.cell_type == "markdown"]
-    assert any("Open In Colab" in s and f"({colab_url})" in s for s in markdown), \
-        f"no markdown cell with an 'Open In Colab' badge linking to {colab_url}"
+    assert any(badge in s for s in markdown), f"no markdown cell with the badge {badge} (run `make student`)"
 
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert code, "the notebook has no code cells"
-    first = code[0].source
-    assert COLAB_GUARD in first and COLAB_INSTALL in first, \
-        f"the first code cell must be the Colab install cell:\nimport sys\n{COLAB_GUARD}\n    {COLAB_INSTALL}"
+    assert code[0].source == REPO.install_cell(), \
+        f"the first code cell must be the Colab install cell (run `make student`):\n{REPO.install_cell()}"
 
     config = [c for c in nb.cells if "config" in c.get("metadata", {}).get("tags", [])]
     assert len(config) == 1, f"expected exactly one cell tagged 'config', found {len(config)}"
@@ -123,9 +123,8 @@ def test_notebook_follows_conventions(path: Path) -> None:
 def _good_notebook(stem: str) -> nbformat.NotebookNode:
     v4 = nbformat.v4
     return v4.new_notebook(metadata={"kernelspec": {"name": "python3", "display_name": "Python 3"}}, cells=[
-        v4.new_markdown_cell(f"# T\n[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]"
-                             f"({COLAB_PREFIX}{stem}.ipynb)"),
-        v4.new_code_cell(f"import sys\n{COLAB_GUARD}\n    {COLAB_INSTALL}"),
+        v4.new_markdown_cell(f"# T\n{REPO.colab_badge(stem)}"),
+        v4.new_code_cell(REPO.install_cell()),
         v4.new_code_cell('SIZE = "ci"\nSIZES = {"ci": {"steps": 10}, "full": {"steps": 1000}}\nCFG = SIZES[SIZE]',
                          metadata={"tags": ["config"]}),
     ])
@@ -137,6 +136,8 @@ def test_checker_accepts_a_conforming_notebook() -> None:
 
 @pytest.mark.parametrize("breakage, message", [
     (lambda nb: nb.cells[0].update(source=nb.cells[0].source.replace("09_x", "08_y")), "Open In Colab"),
+    (lambda nb: nb.cells[0].update(source=nb.cells[0].source.replace("/student/", "/notebooks/")), "Open In Colab"),
+    (lambda nb: nb.cells[1].update(source=nb.cells[1].source.replace("@main", "")), "first code cell"),
     (lambda nb: nb.cells.pop(1), "first code cell"),
     (lambda nb: nb.cells[2].metadata.update(tags=[]), "exactly one cell tagged"),
     (lambda nb: nb.cells.append(nbformat.v4.new_code_cell("x = 1", metadata={"tags": ["config"]})), "exactly one"),
@@ -150,3 +151,18 @@ def test_checker_rejects_each_broken_convention(breakage, message: str) -> None:
     breakage(nb)
     with pytest.raises(AssertionError, match=message):
         check_notebook(nb, "09_x")
+
+
+# Where the repository URL appears outside the generated cells: install commands, clone commands, Colab links.
+URL_USES = re.compile(r"(?:git\+https://github\.com/|git clone https://github\.com/|colab\.research\.google\.com/"
+                      r"github/)([\w.-]+/[\w.-]+)")
+
+
+def test_every_repository_link_uses_the_configured_url() -> None:
+    pages = [ROOT / "README.md", *sorted((ROOT / "book").glob("*.md")), *ON_DISK,
+             *sorted((ROOT / "student").glob("*.ipynb"))]
+    found = {(path.relative_to(ROOT).as_posix(), slug.removesuffix(".git"))
+             for path in pages for slug in URL_USES.findall(path.read_text(encoding="utf-8"))}
+    assert found, "no repository link found at all: the pattern is wrong"
+    wrong = sorted(f"{where}: {slug}" for where, slug in found if slug != REPO.slug)
+    assert not wrong, f"links to another repository than _config.yml's {REPO.url}: {wrong}"
