@@ -551,7 +551,18 @@ def report_markdown(records: list[dict], metadata: dict, paper: list[dict] | Non
         lines.append("")
     lines += ["## Protocol differences between our replication and the authors' code", ""]
     lines += [f"- {d}" for d in PROTOCOL_DIFFERENCES]
+    lines += ["", "## Related reports", ""] + [f"- `{path}`: {what}" for path, what in RELATED_REPORTS]
     return "\n".join(lines) + "\n"
+
+
+# The other synthetic results of issue 11, written by their own commands.
+RELATED_REPORTS = [
+    ("benchmarks/replication.md", "the calibrated controlled study and the authors' protocol at CPU scale, 3 seeds"),
+    ("benchmarks/replication_full_authors.md", "the authors' protocol at full size on one H200 (rho = 0.9, one seed)"),
+    ("benchmarks/replication_speed.md", "many SAEs as one batched model on one H200"),
+    ("benchmarks/synthsaebench.md", "SAELens's SynthSAEBench-16k, our variants at L0 = 25 (0.39 % of the published "
+     "budget: an end-to-end check, not a benchmark score)"),
+]
 
 
 PROTOCOL_DIFFERENCES = [
@@ -559,7 +570,7 @@ PROTOCOL_DIFFERENCES = [
     "EMA of mean |h_j|: updated after the optimiser step from that step's codes (theirs: before the loss, so it "
     "includes the current batch): a one-step lag.",
     "Reference set: mean of the top ceil(pct m) EMAs (theirs: max(1, int(pct m)); 11 vs 10 latents at pct 1 %).",
-    "Dead %: never firing on 262,144 held-out samples (theirs: max |h| <= 1e-12 over the last 10,000 training "
+    "Dead %: never firing on the held-out window above (theirs: max |h| <= 1e-12 over the last 10,000 training "
     "steps, 2.56M training samples).",
     "Grid: AEN at gamma = 1 only and no adaptive lasso (theirs also gamma 0.5 and the adaptive lasso), to fit the "
     "GPU budget.",

@@ -11,7 +11,9 @@ from aen_mini.plots import METHOD_COLORS, method_color, plot_method_bars  # noqa
 def test_variants_share_their_family_colour_and_aen_stands_out():
     assert method_color("relu_l1+warmup") == method_color("relu_l1") == METHOD_COLORS["relu_l1"]
     assert method_color("aen_no_delay") == METHOD_COLORS["aen"] != method_color("elastic_net")
-    assert method_color("topk+auxk") == METHOD_COLORS["topk"] and method_color("unknown") == "0.5"
+    assert method_color("topk+auxk") == METHOD_COLORS["topk"]
+    with pytest.raises(ValueError, match="no colour for method 'unknown'"):
+        method_color("unknown")
 
 
 def test_bars_two_panels_per_row_and_flags_marked():
