@@ -114,6 +114,19 @@ def check_notebook(nb: nbformat.NotebookNode, stem: str) -> None:
     kernel = nb.metadata.get("kernelspec", {}).get("name")
     assert kernel == "python3", f"kernelspec name must be 'python3', not {kernel!r}"
 
+    # A captioned cell shows one figure: a last line that returns an artist (ax.legend(...)) adds a second output,
+    # and the book build (-W) then fails on a duplicate figure target.
+    for cell in code:
+        if "figure" in cell.get("metadata", {}).get("mystnb", {}):
+            last = ast.parse(cell.source).body[-1]
+            shown = isinstance(last, ast.Expr) and not (isinstance(last.value, ast.Name) or _is_show(last.value))
+            assert not shown or cell.source.rstrip().split("\n")[-1].split("#")[0].rstrip().endswith(";"), \
+                f"a captioned figure cell ends in an expression with output ({ast.unparse(last)[:60]}): end it with ';'"
+
+
+def _is_show(node: ast.expr) -> bool:
+    return isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "show"
+
 
 @pytest.mark.parametrize("path", ON_DISK, ids=lambda p: p.stem)
 def test_notebook_follows_conventions(path: Path) -> None:
@@ -145,6 +158,8 @@ def test_checker_accepts_a_conforming_notebook() -> None:
     (lambda nb: nb.cells[2].update(source=nb.cells[2].source.replace('"full"', '"big"')), "'ci' and 'full'"),
     (lambda nb: nb.cells[2].update(source=nb.cells[2].source.replace('{"steps": 1000}', '{"n": 1}')), "same keys"),
     (lambda nb: nb.metadata.update(kernelspec={"name": "python3.11"}), "kernelspec"),
+    (lambda nb: nb.cells.append(nbformat.v4.new_code_cell("fig, ax = plt.subplots()\nax.legend()", metadata={
+        "mystnb": {"figure": {"caption": "c", "name": "fig-x"}}})), "captioned figure cell"),
 ])
 def test_checker_rejects_each_broken_convention(breakage, message: str) -> None:
     nb = _good_notebook("09_x")
