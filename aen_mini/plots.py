@@ -141,7 +141,10 @@ def _legend_below(fig: Figure, axes: Sequence[Axes]) -> None:
         fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 3), frameon=False)
 
 
-_CELL_PADDING = "padding: 0.25em 0.75em"
+_CELL_PADDING = "padding: 0.2em 0.45em"
+# Headers wrap and the table is set a little smaller, so a results table of a dozen columns fits the 752 px column.
+_TABLE_STYLE = "font-size: 0.8em"
+_HEADER_STYLE = f"{_CELL_PADDING}; white-space: normal; vertical-align: bottom"
 
 
 def html_table(rows: Sequence[Mapping[str, Any]] | Sequence[Sequence[Any]], columns: Sequence[str] | Mapping[str, str],
@@ -187,9 +190,9 @@ def html_table(rows: Sequence[Mapping[str, Any]] | Sequence[Sequence[Any]], colu
             if len(values) != len(keys):
                 raise ValueError(f"row {i} has {len(values)} values for {len(keys)} columns")
         body.append("<tr>" + "".join(cell(k, v) for k, v in zip(keys, values)) + "</tr>")
-    head = "".join(f'<th style="{_CELL_PADDING}">{html.escape(str(headers[k]))}</th>' for k in keys)
+    head = "".join(f'<th style="{_HEADER_STYLE}">{html.escape(str(headers[k]))}</th>' for k in keys)
     title = f"<caption>{html.escape(caption)}</caption>" if caption else ""
-    return HTML(f'<table class="dataframe aen-table">{title}<thead><tr>{head}</tr></thead>'
+    return HTML(f'<table class="dataframe aen-table" style="{_TABLE_STYLE}">{title}<thead><tr>{head}</tr></thead>'
                 f"<tbody>{''.join(body)}</tbody></table>")
 
 
