@@ -98,7 +98,7 @@ def context_row_html(texts: list[str], acts: list[float], top: int, value: float
     for q, (text, a) in enumerate(zip(texts, acts)):
         alpha = max(0.0, a) / peak if peak > 0 else 0.0
         outline = "outline:2px solid #c00;" if q == top else ""
-        cells.append(f'<span style="background:rgba(255,120,0,{alpha:.2f});{outline}white-space:pre-wrap" '
+        cells.append(f'<span style="background:rgba(255,120,0,{alpha:.2f});{outline}white-space:pre-wrap;overflow-wrap:anywhere" '
                      f'title="{a:.3f}">{html.escape(text)}</span>')
     return f'<tr><td style="padding-right:1em">{value:.3f}</td><td>{"".join(cells)}</td></tr>'
 

@@ -141,9 +141,9 @@ def _legend_below(fig: Figure, axes: Sequence[Axes]) -> None:
         fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 3), frameon=False)
 
 
-_CELL_PADDING = "padding: 0.2em 0.45em"
+_CELL_PADDING = "padding: 0.15em 0.35em"
 # Headers wrap and the table is set a little smaller, so a results table of a dozen columns fits the 752 px column.
-_TABLE_STYLE = "font-size: 0.8em"
+_TABLE_STYLE = "font-size: 0.75em"
 _HEADER_STYLE = f"{_CELL_PADDING}; white-space: normal; vertical-align: bottom"
 
 
