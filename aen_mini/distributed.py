@@ -14,7 +14,6 @@ Checkpoints are written once, by rank 0, in the single-process format, so any wo
 """
 from __future__ import annotations
 
-import copy
 import inspect
 import os
 from dataclasses import dataclass
@@ -27,19 +26,12 @@ from torch import nn
 from aen_mini.checkpoint import save_checkpoint
 from aen_mini.data.source import ActivationSource
 from aen_mini.resample import resample_dead_latents
-from aen_mini.sae import SAE, AdaptiveL1Weights
-from aen_mini.sae.base import LOCAL_STATS, StatReducer
+from aen_mini.sae import SAE
+from aen_mini.sae.collective import LOCAL_STATS, PENALTY_REDUCTIONS, LatentComms, StatReducer
 from aen_mini.validate import check_choice, check_positive_int
 
-LossFn = Callable[[torch.Tensor], dict[str, torch.Tensor]]
+LossFn = Callable[[torch.Tensor], tuple[dict[str, torch.Tensor], torch.Tensor]]
 
-# Which axis of each state tensor indexes latents (the axis a latent-sharded rank holds a slice of).
-# Everything else (b_dec, the EMA step counter, the BatchTopK threshold) is replicated on every rank.
-LATENT_AXIS = {"W_enc": 0, "b_enc": 0, "W_dec": 1, "tokens_since_fired": 0, "reweighting.ema": 0}
-# Penalty terms that are sums over latents (completed by an all-reduce); "aux" is already global because it
-# goes through decode_atoms. A term in neither set is refused rather than silently mis-summed.
-LATENT_SUM_TERMS = {"l1", "l2"}
-GLOBAL_TERMS = {"aux"}
 
 
 # --- the single-process strategy: the interface every strategy implements ---------------------------------------
@@ -52,7 +44,7 @@ class SingleProcess:
     def prepare(self, sae: SAE, cfg: Any) -> tuple[SAE, LossFn]:
         """Move the SAE to the device, put it in training mode; return the module to train and its loss function."""
         sae.to(torch.device(cfg.device)).train()
-        return sae, torch.compile(sae.loss) if cfg.compile else sae.loss
+        return sae, torch.compile(sae.loss_and_codes) if cfg.compile else sae.loss_and_codes
 
     def local_optimizer_state(self, sae: SAE, state: dict[str, Any]) -> dict[str, Any]:
         """The part of a full (checkpointed) Adam state that belongs to this rank's parameters."""
@@ -136,50 +128,38 @@ def _global_top(local: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor
 
 
 # --- the latent-sharded SAE --------------------------------------------------------------------------------------
-class LatentShard:
-    """Mixed into a variant's class: the SAE then holds one rank's latents and completes every sum or selection
-    over the latent axis across ranks. ``config()`` is the full SAE's; ``d_sae`` stays the global count."""
+class ShardComms(LatentComms):
+    """The SAE's sums and selections over the latent axis completed across ranks, each holding a slice of the
+    latents: the reconstruction and latent-summed penalties by all-reduce, TopK and the adaptive reference by a
+    global top-k over the ranks' candidates."""
 
-    latent_offset: int = 0
+    sharded = True
 
-    def pre_activation(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - _SharedAcrossShards.apply(self.b_dec)) @ self.W_enc.T + self.b_enc
+    def shared(self, t: torch.Tensor) -> torch.Tensor:
+        return _SharedAcrossShards.apply(t)
 
-    def decode_atoms(self, h: torch.Tensor) -> torch.Tensor:
-        return _SumAcrossShards.apply(h @ self.W_dec.T)
+    def sum(self, t: torch.Tensor) -> torch.Tensor:
+        return _SumAcrossShards.apply(t)
 
     def keep_top(self, pre: torch.Tensor, k: int) -> torch.Tensor:
         candidates, mine = _global_top(pre, k)
         kept = torch.where(mine, torch.relu(candidates.values), torch.zeros_like(candidates.values))
         return torch.zeros_like(pre).scatter_(-1, candidates.indices, kept)
 
-    def any_latent(self, mask: torch.Tensor) -> torch.Tensor:
+    def any(self, mask: torch.Tensor) -> torch.Tensor:
         return _all_reduce(mask.any().int(), dist.ReduceOp.MAX).bool()
 
-    def penalties(self, h, pre, x, x_hat):
-        terms = super().penalties(h, pre, x, x_hat)  # type: ignore[misc]
-        unknown = set(terms) - LATENT_SUM_TERMS - GLOBAL_TERMS
+    def top_sum(self, values: torch.Tensor, n: int) -> torch.Tensor:
+        candidates, mine = _global_top(values, n)
+        return _all_reduce(candidates.values[mine].sum())
+
+    def reduce_penalties(self, terms: dict[str, torch.Tensor], reductions: dict[str, str]) -> dict[str, torch.Tensor]:
+        unknown = sorted(name for name in terms if reductions.get(name) not in PENALTY_REDUCTIONS)
         if unknown:
-            raise ValueError(f"latent-sharded training does not know how to combine the penalty term(s) {sorted(unknown)} "
-                             "across ranks; add them to LATENT_SUM_TERMS or GLOBAL_TERMS in aen_mini.distributed")
-        return {name: _SumAcrossShards.apply(value) if name in LATENT_SUM_TERMS else value for name, value in terms.items()}
-
-
-class _GlobalReference(AdaptiveL1Weights):
-    """The adaptive reference (mean of the top ref_pct of the EMA) over every rank's latents."""
-
-    def reference(self) -> torch.Tensor:
-        candidates, mine = _global_top(self.ema, self.n_ref)
-        return _all_reduce(candidates.values[mine].sum()) / self.n_ref
-
-
-_SHARD_CLASSES: dict[type, type] = {}
-
-
-def _shard_class(cls: type[SAE]) -> type[SAE]:
-    if cls not in _SHARD_CLASSES:
-        _SHARD_CLASSES[cls] = type(f"Sharded{cls.__name__}", (LatentShard, cls), {"__module__": __name__})
-    return _SHARD_CLASSES[cls]
+            raise ValueError(f"latent-sharded training does not know how to combine the penalty term(s) {unknown} "
+                             f"across ranks; declare them in the variant's penalty_reduction ({PENALTY_REDUCTIONS})")
+        return {name: _SumAcrossShards.apply(value) if reductions[name] == "latent_sum" else value
+                for name, value in terms.items()}
 
 
 def latent_slice(d_sae: int, rank: int, world_size: int) -> slice:
@@ -191,27 +171,21 @@ def latent_slice(d_sae: int, rank: int, world_size: int) -> slice:
 
 
 def shard_sae(sae: SAE, rank: int, world_size: int) -> SAE:
-    """A new SAE holding rank ``rank``'s latents of ``sae`` (which is left untouched); same config as ``sae``."""
-    part = latent_slice(sae.d_sae, rank, world_size)
-    named = dict(sae.named_parameters()) | dict(sae.named_buffers())
-    # a latent-sized tensor missing from LATENT_AXIS would be replicated by mistake (undecidable when d_in == d_sae)
-    unknown = sorted(name for name, t in named.items()
-                     if name not in LATENT_AXIS and sae.d_sae in t.shape and sae.d_sae != sae.d_in)
+    """A new SAE of the same variant and config holding rank ``rank``'s latents of ``sae`` (left untouched): built
+    by the variant's own constructor for that slice, then given the slice of ``sae``'s state."""
+    cls, part = type(sae), latent_slice(sae.d_sae, rank, world_size)
+    state = sae.state_dict()
+    # a latent-sized tensor missing from latent_state would be replicated by mistake (undecidable when d_in == d_sae)
+    unknown = sorted(name for name, t in state.items()
+                     if name not in cls.latent_state and sae.d_sae in t.shape and sae.d_sae != sae.d_in)
     if unknown:
-        raise ValueError(f"cannot shard {type(sae).__name__}: state {unknown} has a latent axis missing from LATENT_AXIS")
-    # deepcopy everything small; the latent-indexed tensors are replaced by their slices without copying the rest
-    memo: dict[int, Any] = {}
-    for name, t in named.items():
-        if name in LATENT_AXIS:
-            piece = t.detach().narrow(LATENT_AXIS[name], part.start, part.stop - part.start).contiguous().clone()
-            memo[id(t)] = nn.Parameter(piece, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else piece
-    local = copy.deepcopy(sae, memo)
-    local.__class__ = _shard_class(type(sae))
-    local.latent_offset = part.start
-    for module in local.modules():
-        if type(module) is AdaptiveL1Weights:
-            module.__class__ = _GlobalReference
-    return local
+        raise ValueError(f"cannot shard {cls.__name__}: state {unknown} has a latent axis missing from "
+                         f"{cls.__name__}.latent_state")
+    local = cls(sae.cfg, latents=part, comms=ShardComms()).to(sae.W_dec.dtype)
+    local.load_state_dict({name: t.narrow(cls.latent_state[name], part.start, part.stop - part.start)
+                           if name in cls.latent_state else t for name, t in state.items()})
+    local.penalty_scale = sae.penalty_scale
+    return local.to(sae.W_dec.device)
 
 
 def _gather_to_main(local: torch.Tensor, axis: int) -> torch.Tensor | None:
@@ -277,8 +251,8 @@ class _LossModule(nn.Module):
         super().__init__()
         self.sae = sae
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self.sae.loss(x)
+    def forward(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        return self.sae.loss_and_codes(x)
 
 
 class DataParallel(_DistributedStrategy):
@@ -347,14 +321,14 @@ class LatentSharded(_DistributedStrategy):
         if cfg.resample_every:
             raise ValueError("resample_every is not supported with latent sharding; use AuxK (topk) or the AEN instead")
         local = shard_sae(sae, self.rank, self.world_size).to(self.device).train()
-        return local, torch.compile(local.loss) if cfg.compile else local.loss
+        return local, torch.compile(local.loss_and_codes) if cfg.compile else local.loss_and_codes
 
     def local_optimizer_state(self, sae: SAE, state: dict[str, Any]) -> dict[str, Any]:
         names = [n for n, _ in sae.named_parameters()]
         part = latent_slice(sae.d_sae, self.rank, self.world_size)
         per_param = {}
         for idx, moments in state["state"].items():
-            axis = LATENT_AXIS.get(names[int(idx)])
+            axis = type(sae).latent_state.get(names[int(idx)])
             per_param[idx] = {k: v.narrow(axis, part.start, part.stop - part.start).contiguous() if axis is not None and v.ndim
                               else v for k, v in moments.items()}
         return {"state": per_param, "param_groups": state["param_groups"]}
@@ -369,8 +343,9 @@ class LatentSharded(_DistributedStrategy):
 
     def clip_grad_norm_(self, sae: SAE, max_norm: float) -> None:
         grads = [(n, p.grad) for n, p in sae.named_parameters() if p.grad is not None]
-        sharded = sum((g.float().pow(2).sum() for n, g in grads if n in LATENT_AXIS), torch.zeros((), device=self.device))
-        replicated = sum((g.float().pow(2).sum() for n, g in grads if n not in LATENT_AXIS), torch.zeros((), device=self.device))
+        latent = type(sae).latent_state
+        sharded = sum((g.float().pow(2).sum() for n, g in grads if n in latent), torch.zeros((), device=self.device))
+        replicated = sum((g.float().pow(2).sum() for n, g in grads if n not in latent), torch.zeros((), device=self.device))
         total = (_all_reduce(sharded) + replicated).sqrt()
         # the same rule as torch.nn.utils.clip_grad_norm_
         scale = (max_norm / (total + 1e-6)).clamp(max=1.0)
@@ -381,7 +356,8 @@ class LatentSharded(_DistributedStrategy):
         """The full SAE state_dict on rank 0 (CPU), None elsewhere."""
         full = {}
         for name, t in sae.state_dict().items():
-            full[name] = _gather_to_main(t, LATENT_AXIS[name]) if name in LATENT_AXIS else t.detach().cpu()
+            axis = type(sae).latent_state.get(name)
+            full[name] = _gather_to_main(t, axis) if axis is not None else t.detach().cpu()
         return full if self.is_main else None
 
     def gather_sae(self, sae: SAE) -> SAE | None:
@@ -399,7 +375,7 @@ class LatentSharded(_DistributedStrategy):
         state = optimizer.state_dict()
         per_param = {}
         for idx, moments in state["state"].items():
-            axis = LATENT_AXIS.get(names[idx])
+            axis = type(sae).latent_state.get(names[idx])
             per_param[idx] = {k: _gather_to_main(v, axis) if axis is not None and v.ndim else v.cpu()
                               for k, v in moments.items()}
         return {"state": per_param, "param_groups": state["param_groups"]} if self.is_main else None
@@ -495,4 +471,4 @@ def setup_from_env(device: str | None = None, backend: str | None = None) -> Dis
 
 
 __all__ = ["SingleProcess", "DataParallel", "LatentSharded", "StridedSource", "DistContext", "setup_from_env",
-           "shard_sae", "latent_slice", "LatentShard", "LATENT_AXIS"]
+           "shard_sae", "latent_slice", "ShardComms"]

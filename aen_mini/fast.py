@@ -23,6 +23,7 @@ capture fails before anything runs, and the step goes on without the graph (``gr
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -33,6 +34,15 @@ from aen_mini.validate import check_nonnegative, check_nonnegative_int
 WARMUP_STEPS = 3  # eager steps before capture: compilation, Adam's lazy state, cuBLAS workspaces
 # inductor modes that leave CUDA graphs to us (FastStep captures the whole step, optimiser included)
 COMPILE_MODES = (None, "default", "max-autotune-no-cudagraphs")
+
+
+@dataclass
+class StepOutput:
+    """What one training step returns: its loss terms (float32 scalars, ``"loss"`` their sum) and the batch's codes
+    (detached; what ``after_step`` counted and what the trainer logs L0 from)."""
+
+    terms: dict[str, torch.Tensor]
+    codes: torch.Tensor
 
 
 class _CodesWithPenaltyGrad(torch.autograd.Function):
@@ -114,11 +124,10 @@ def prepare_fused_adam(optimizer: torch.optim.Optimizer) -> None:
 
 
 class FastStep:
-    """``step(x, lr) -> terms``: one full training step of ``sae`` on batch ``x`` at learning rate ``lr``.
+    """``step(x, lr) -> StepOutput``: one full training step of ``sae`` on batch ``x`` at learning rate ``lr``.
 
     ``compile`` and ``cuda_graph`` default to on for CUDA and off elsewhere. The returned terms are float32
-    scalars (``"loss"``, the loss's named terms) owned by the caller; ``sae._last_codes`` holds the batch's codes
-    until the next call.
+    scalars owned by the caller; the codes are valid until the next call (under a CUDA graph, a static buffer).
     """
 
     def __init__(self, sae: SAE, optimizer: torch.optim.Optimizer, grad_clip: float = 1.0, *,
@@ -167,25 +176,26 @@ class FastStep:
         finally:
             self.optimizer.__dict__.pop("grad_scale", None)
             self.optimizer.__dict__.pop("found_inf", None)
-        self.sae._last_codes = h.detach()
+        h = h.detach()
         # after_step would fold the non-finite codes into the running state (the adaptive EMA, firing counters, step):
         # keep the buffers as they were when the update is skipped, on the device (no host sync, graph-capturable).
         buffers = list(self.sae.buffers())
         before = [b.clone() for b in buffers]
-        self._after_step()
+        self._after_step(h)
         skipped = ~torch.isfinite(terms["loss"].detach())
         for buffer, old in zip(buffers, before):
             buffer.copy_(torch.where(skipped, old, buffer))
-        return terms
+        return terms, h
 
-    def _eager(self, x: torch.Tensor, lr: float) -> dict[str, torch.Tensor]:
+    def _eager(self, x: torch.Tensor, lr: float):
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
-        return {name: t.detach().float() for name, t in self._body(x).items()}
+        terms, h = self._body(x)
+        return StepOutput({name: t.detach().float() for name, t in terms.items()}, h)
 
     # --- the public call --------------------------------------------------------------------------------
-    def __call__(self, x: torch.Tensor, lr: float) -> dict[str, torch.Tensor]:
+    def __call__(self, x: torch.Tensor, lr: float) -> StepOutput:
         self._calls += 1
         if not self.cuda_graph or self.graph_disabled_reason is not None:
             return self._eager(x, lr)
@@ -198,10 +208,10 @@ class FastStep:
         self._static_x.copy_(x, non_blocking=True)
         self._lr.fill_(lr)
         self._graph.replay()
-        return dict(zip(self._names, self._static_terms.clone().unbind()))
+        return StepOutput(dict(zip(self._names, self._static_terms.clone().unbind())), self._static_codes)
 
     # --- CUDA graph ---------------------------------------------------------------------------------------
-    def _warmup(self, x: torch.Tensor, lr: float) -> dict[str, torch.Tensor]:
+    def _warmup(self, x: torch.Tensor, lr: float) -> StepOutput:
         """An eager step on a side stream, as capture requires (compilation, Adam's lazy state, cuBLAS workspaces)."""
         side, main = torch.cuda.Stream(self.device), torch.cuda.current_stream(self.device)
         side.wait_stream(main)
@@ -222,7 +232,7 @@ class FastStep:
         try:
             # thread_local: a producer thread (PrefetchSource) may keep using CUDA while we capture.
             with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-                terms = self._body(self._static_x)
+                terms, self._static_codes = self._body(self._static_x)
                 self._names = list(terms)
                 self._static_terms = torch.stack([t.detach().float() for t in terms.values()])
             self._graph = graph
@@ -242,4 +252,4 @@ class FastStep:
         return f"dtype={str(self.dtype).removeprefix('torch.')}, compile={compiled}, cuda_graph={graph}, fused Adam"
 
 
-__all__ = ["COMPILE_MODES", "FastStep", "fast_loss", "prepare_fused_adam"]
+__all__ = ["COMPILE_MODES", "FastStep", "StepOutput", "fast_loss", "prepare_fused_adam"]

@@ -238,13 +238,14 @@ def train(sae: SAE, source: ActivationSource, cfg: TrainConfig, *,
             with torch.no_grad():
                 sae.b_dec.copy_(parallel.stats.batch_mean(x.float().mean(0)))
         if fast_step is not None:  # forward, backward, clipping, Adam and after_step in one call
-            terms = fast_step(x, cfg.lr_at(step))
+            out = fast_step(x, cfg.lr_at(step))
+            terms, codes = out.terms, out.codes
         else:
             for group in optimizer.param_groups:
                 group["lr"] = cfg.lr_at(step)
             sae.penalty_scale = cfg.penalty_scale_at(step)
             with autocast:
-                terms = loss_fn(x)
+                terms, codes = loss_fn(x)
         pending.append(terms["loss"].detach())
         if (step + 1) % check_every == 0 or step + 1 == cfg.steps:
             _raise_if_nonfinite(pending, step)
@@ -254,7 +255,7 @@ def train(sae: SAE, source: ActivationSource, cfg: TrainConfig, *,
             if cfg.grad_clip:
                 parallel.clip_grad_norm_(sae, cfg.grad_clip)
             optimizer.step()
-            sae.after_step(parallel.stats)
+            sae.after_step(codes, parallel.stats)
         if cfg.resample_every and (step + 1) % cfg.resample_every == 0:
             _raise_if_nonfinite(pending, step)  # resampling from a NaN batch would write NaN into the weights
             parallel.resample(sae, x, optimizer, seed=cfg.seed * 1_000_003 + step)
@@ -263,7 +264,7 @@ def train(sae: SAE, source: ActivationSource, cfg: TrainConfig, *,
         if done % cfg.log_every == 0 or done == cfg.steps:
             _raise_if_nonfinite(pending, step)
             elapsed = time.perf_counter() - t0
-            record = _log_record(sae, terms, done, cfg, (done * cfg.batch_size - tokens_at_t0) / max(elapsed, 1e-9),
+            record = _log_record(sae, terms, codes, done, cfg, (done * cfg.batch_size - tokens_at_t0) / max(elapsed, 1e-9),
                                  parallel.stats)
             history.append(record)
             bar.set_postfix(loss=f"{record['loss']:.4g}", l0=f"{record['l0']:.1f}",
@@ -290,9 +291,8 @@ def _raise_if_nonfinite(pending: list[torch.Tensor], step: int) -> None:
                                  "updated with it (lower the learning rate or check the activations)")
 
 
-def _log_record(sae: SAE, terms: dict[str, torch.Tensor], step: int, cfg: TrainConfig, tokens_per_s: float,
+def _log_record(sae: SAE, terms: dict[str, torch.Tensor], h: torch.Tensor, step: int, cfg: TrainConfig, tokens_per_s: float,
                 reduce: StatReducer) -> dict[str, float]:
-    h = sae._last_codes
     l0 = reduce.latent_sum((h > 0).float().sum(-1).mean())
     stats = torch.cat([reduce.batch_mean(torch.stack([*(v.detach().float() for v in terms.values()), l0])),
                        reduce.latent_mean(sae.dead_mask().float().mean() * 100).view(1)]).tolist()

@@ -105,9 +105,9 @@ def _worker(rank: int, port: int, out: str) -> None:
         for variant in ("topk", "batch_topk", "aen"):  # one sharded loss and backward
             sae, x = _sharding_case(variant)
             local = shard_sae(sae, rank, WORLD)
-            terms = local.loss(x)
+            terms, codes = local.loss_and_codes(x)
             terms["loss"].backward()
-            torch.save({"terms": {k: v.detach() for k, v in terms.items()}, "codes": local._last_codes,
+            torch.save({"terms": {k: v.detach() for k, v in terms.items()}, "codes": codes,
                         "grads": {n: p.grad for n, p in local.named_parameters()}}, out_dir / f"shard_{variant}_{rank}.pt")
         for variant in ("aen", "batch_topk"):  # sharded training, checkpointed at the end
             sae = make_sae(variant, D_IN, D_SAE, **HYPER[variant])
@@ -176,7 +176,7 @@ def test_data_parallel_equals_one_process_on_the_global_batch(ranks_out, variant
 @pytest.mark.parametrize("variant", ["topk", "batch_topk", "aen"])
 def test_latent_sharded_loss_gradients_and_selection_equal_unsharded(ranks_out, variant):
     sae, x = _sharding_case(variant)
-    terms = sae.loss(x)
+    terms, codes = sae.loss_and_codes(x)
     terms["loss"].backward()
     if variant != "aen":
         assert terms["aux"] > 0  # some latents are dead, so the AuxK path is compared too
@@ -187,8 +187,8 @@ def test_latent_sharded_loss_gradients_and_selection_equal_unsharded(ranks_out, 
         assert got["terms"].keys() == terms.keys()
         for name, value in terms.items():
             torch.testing.assert_close(got["terms"][name], value.detach(), **TOL)
-        assert torch.equal(got["codes"] > 0, sae._last_codes[:, own] > 0)  # the same latents selected
-        torch.testing.assert_close(got["codes"], sae._last_codes[:, own], **TOL)
+        assert torch.equal(got["codes"] > 0, codes[:, own] > 0)  # the same latents selected
+        torch.testing.assert_close(got["codes"], codes[:, own], **TOL)
         want_grads = {"W_enc": sae.W_enc.grad[own], "b_enc": sae.b_enc.grad[own], "W_dec": sae.W_dec.grad[:, own],
                       "b_dec": sae.b_dec.grad}
         _assert_state_close(got["grads"], want_grads)

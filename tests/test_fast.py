@@ -50,10 +50,11 @@ def plain_step(sae, optimizer, x, lr, clip):
     for group in optimizer.param_groups:
         group["lr"] = lr
     optimizer.zero_grad(set_to_none=True)
-    sae.loss(x)["loss"].backward()
+    terms, codes = sae.loss_and_codes(x)
+    terms["loss"].backward()
     torch.nn.utils.clip_grad_norm_(sae.parameters(), clip)
     optimizer.step()
-    sae.after_step()
+    sae.after_step(codes)
 
 
 @pytest.mark.parametrize("variant", ["aen", "topk", "batch_topk"])
@@ -65,7 +66,7 @@ def test_fp32_fast_step_equals_the_plain_step(variant):
     for i in range(5):
         x, lr = batch(seed=i) * 4, 1e-2 / (i + 1)  # large inputs: the gradient norm exceeds the clip
         plain_step(plain, plain_opt, x, lr, clip=0.5)
-        terms = step(x, lr)
+        terms = step(x, lr).terms
         assert terms["loss"].dtype == torch.float32 and terms["loss"].ndim == 0
     for (name, a), b in zip(plain.state_dict().items(), fast.state_dict().values()):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6, msg=name)
@@ -78,7 +79,7 @@ def test_a_nonfinite_loss_leaves_the_weights_alone():
     before = copy.deepcopy(sae.state_dict())
     x = batch(seed=1)
     x[3, 2] = float("nan")
-    assert not torch.isfinite(step(x, 1e-2)["loss"])
+    assert not torch.isfinite(step(x, 1e-2).terms["loss"])
     for name in ("W_enc", "b_enc", "b_dec"):
         assert torch.equal(sae.state_dict()[name], before[name]), name
     torch.testing.assert_close(sae.W_dec, before["W_dec"])  # renormalised unit columns: unchanged up to rounding
@@ -145,7 +146,7 @@ def test_compiled_fast_step_equals_the_eager_fast_step():
     step_c = FastStep(compiled, torch.optim.Adam(compiled.parameters(), lr=1e-2), dtype=torch.float32, compile=True)
     for i in range(3):
         x = batch(seed=i)
-        torch.testing.assert_close(step_c(x, 1e-2)["loss"], step_e(x, 1e-2)["loss"], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(step_c(x, 1e-2).terms["loss"], step_e(x, 1e-2).terms["loss"], rtol=1e-5, atol=1e-6)
     for (name, a), b in zip(eager.state_dict().items(), compiled.state_dict().values()):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6, msg=name)
     assert eager.reweighting.step.item() == 3 and torch.any(eager.reweighting.ema != 1.0)  # after_step ran

@@ -70,18 +70,17 @@ def test_penalty_warmup_schedule_by_hand():
 def test_trainer_scales_l1_and_l2_during_the_warmup_only():
     seen = []
     sae = make_sae("elastic_net", 8, 16, l1_coeff=0.3, l2_coeff=0.2, seed=0)
-    loss = sae.loss
+    loss = sae.loss_and_codes
 
     def recording_loss(x):
-        terms = loss(x)
+        terms, h = loss(x)
         seen.append(sae.penalty_scale)
-        h = sae._last_codes
         # the scaled terms are coefficient * scale * the unscaled sums
         assert terms["l1"].item() == pytest.approx(0.3 * sae.penalty_scale * h.abs().sum(-1).mean().item(), rel=1e-5)
         assert terms["l2"].item() == pytest.approx(0.2 * sae.penalty_scale * h.pow(2).sum(-1).mean().item(), rel=1e-5)
-        return terms
+        return terms, h
 
-    sae.loss = recording_loss
+    sae.loss_and_codes = recording_loss
     train(sae, TensorSource(torch.rand(64, 8)), TrainConfig(steps=5, batch_size=8, l1_warmup_steps=2, progress=False))
     assert seen == pytest.approx([0.5, 1.0, 1.0, 1.0, 1.0])
     assert sae.penalty_scale == 1.0

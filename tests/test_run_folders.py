@@ -115,7 +115,7 @@ def test_fast_step_on_a_nan_batch_leaves_the_running_state_alone():
     before = {name: b.clone() for name, b in sae.named_buffers()}
     x = torch.randn(32, 8)
     x[5, 1] = float("nan")
-    assert not torch.isfinite(step(x, 1e-2)["loss"])
+    assert not torch.isfinite(step(x, 1e-2).terms["loss"])
     for name, buffer in sae.named_buffers():
         assert torch.equal(buffer, before[name]), name
 

@@ -127,8 +127,7 @@ def test_integer_activations_are_rejected():
 def test_dead_counter_counts_tokens_since_last_firing():
     sae = make_sae("relu_l1", 2, 3, dead_after_tokens=4)
     for codes, expected in [([[1.0, 0, 0], [0, 0, 0]], [0, 2, 2]), ([[0, 0, 0], [0, 0, 2.0]], [2, 4, 0])]:
-        sae._last_codes = torch.tensor(codes)
-        sae.after_step()
+        sae.after_step(torch.tensor(codes))
         assert sae.tokens_since_fired.tolist() == expected
     assert sae.dead_mask().tolist() == [False, True, False]
 
@@ -155,8 +154,7 @@ def test_adaptive_weights_and_warmup_match_numpy(start, length):
     expected = numpy_adaptive_weights(history, d, beta, ref_pct, gamma, start, length)
     for t, codes in enumerate(history):
         assert np.allclose(sae.l1_weights().numpy(), expected[t], rtol=1e-5), f"step {t}"
-        sae._last_codes = torch.tensor(codes, dtype=torch.float32)
-        sae.after_step()
+        sae.after_step(torch.tensor(codes, dtype=torch.float32))
     # the rule really reweights: the weights span both sides of 1 once warm-up is over
     assert expected[-1].min() < 1 < expected[-1].max()
 

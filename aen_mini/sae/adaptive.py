@@ -11,21 +11,26 @@ weight (spurious features suppressed):
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from aen_mini.sae.base import LOCAL_STATS, SAE, StatReducer
+from aen_mini.sae.base import SAE, SAEConfig
+from aen_mini.sae.collective import LOCAL_STATS, ONE_PROCESS, LatentComms, StatReducer
 from aen_mini.validate import check_in_range, check_nonnegative, check_nonnegative_int
 
 W_MIN, W_MAX, A_FLOOR = 0.01, 10.0, 1e-5  # W_MAX: the default of w_max
 
 
 class AdaptiveL1Weights(nn.Module):
-    """The running statistics and the rule above; its state (EMA, step) is saved with the SAE."""
+    """The running statistics and the rule above; its state (EMA, step) is saved with the SAE.
+
+    ``n_latents`` and ``comms``: for a latent shard, the EMA holds that many latents and the reference is taken
+    over every shard's (``d_sae`` is the whole SAE's count)."""
 
     def __init__(self, d_sae: int, gamma: float, ema_beta: float, ref_pct: float, warmup_start: int, warmup_steps: int,
-                 w_max: float = W_MAX) -> None:
+                 w_max: float = W_MAX, *, n_latents: int | None = None, comms: LatentComms = ONE_PROCESS) -> None:
         super().__init__()
         self.w_max = check_in_range("w_max", w_max, W_MIN, math.inf)
         self.gamma = check_nonnegative("gamma", gamma)
@@ -34,7 +39,8 @@ class AdaptiveL1Weights(nn.Module):
         self.warmup_start = check_nonnegative_int("warmup_start", warmup_start)
         self.warmup_steps = check_nonnegative_int("warmup_steps", warmup_steps)
         self.n_ref = max(1, math.ceil(ref_pct * d_sae))
-        self.register_buffer("ema", torch.ones(d_sae))
+        self.comms = comms
+        self.register_buffer("ema", torch.ones(d_sae if n_latents is None else n_latents))
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
 
     def ramp(self) -> torch.Tensor:
@@ -46,11 +52,7 @@ class AdaptiveL1Weights(nn.Module):
 
     def reference(self) -> torch.Tensor:
         """Mean of the top ref_pct of the EMA: the activity level that gets weight 1."""
-        # From the n_ref-th largest value t: the values above t plus as many copies of t as the top n_ref still
-        # needs (exact with ties). On a GPU this is one select and one fused sum, where topk also sorts.
-        t = -torch.kthvalue(-self.ema, self.n_ref).values
-        above = self.ema > t
-        return (torch.where(above, self.ema, 0.0).sum() + (self.n_ref - above.sum()) * t) / self.n_ref
+        return self.comms.top_sum(self.ema, self.n_ref) / self.n_ref
 
     def weights(self) -> torch.Tensor:
         """The effective per-latent weights w~ (detached)."""
@@ -64,18 +66,35 @@ class AdaptiveL1Weights(nn.Module):
         self.step.add_(1)
 
 
+@dataclass
+class AdaptiveLassoConfig(SAEConfig):
+    l1_coeff: float = 1e-3  # weight of the reweighted L1 penalty
+    gamma: float = 1.0  # exponent of the reweighting rule
+    ema_beta: float = 0.999  # decay of the running mean of |h_j|
+    ref_pct: float = 0.01  # share of the most active latents whose mean activity gets weight 1
+    warmup_start: int = 0  # step at which the reweighting begins
+    warmup_steps: int = 0  # steps over which it ramps in
+    w_max: float = W_MAX  # largest weight
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.l1_coeff = check_nonnegative("l1_coeff", self.l1_coeff)
+        AdaptiveL1Weights(1, self.gamma, self.ema_beta, self.ref_pct, self.warmup_start, self.warmup_steps,
+                          self.w_max)  # checks the rule's settings, naming the one that is wrong
+
+
 class AdaptiveLasso(SAE):
     """loss = mean ||x - x_hat||^2 + l1 * mean sum_j w~_j |h_j|."""
 
     variant = "adaptive_lasso"
+    config_class = AdaptiveLassoConfig
+    latent_state = {**SAE.latent_state, "reweighting.ema": 0}
+    penalty_reduction = {"l1": "latent_sum"}
 
-    def __init__(self, d_in: int, d_sae: int, l1_coeff: float = 1e-3, gamma: float = 1.0, ema_beta: float = 0.999,
-                 ref_pct: float = 0.01, warmup_start: int = 0, warmup_steps: int = 0,
-                 w_max: float = W_MAX, *,
-                 dead_after_tokens: int = 1_000_000, seed: int = 0, loss_scale: str = "sum") -> None:
-        super().__init__(d_in, d_sae, dead_after_tokens=dead_after_tokens, seed=seed, loss_scale=loss_scale)
-        self.l1_coeff = check_nonnegative("l1_coeff", l1_coeff)
-        self.reweighting = AdaptiveL1Weights(d_sae, gamma, ema_beta, ref_pct, warmup_start, warmup_steps, w_max)
+    def __init__(self, cfg: AdaptiveLassoConfig, **shard) -> None:
+        super().__init__(cfg, **shard)
+        self.reweighting = AdaptiveL1Weights(cfg.d_sae, cfg.gamma, cfg.ema_beta, cfg.ref_pct, cfg.warmup_start,
+                                             cfg.warmup_steps, cfg.w_max, n_latents=self.n_latents, comms=self.comms)
 
     # hyperparameters live on the reweighting module; expose them for config()
     gamma = property(lambda self: self.reweighting.gamma)
@@ -95,18 +114,21 @@ class AdaptiveLasso(SAE):
         self.reweighting.update(h, stats)
 
 
+@dataclass
+class AENConfig(AdaptiveLassoConfig):
+    l2_coeff: float = 1e-3  # weight of the squared L2 penalty on the codes
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.l2_coeff = check_nonnegative("l2_coeff", self.l2_coeff)
+
+
 class AEN(AdaptiveLasso):
     """Adaptive Elastic Net: loss = mean ||x - x_hat||^2 + l1 * mean sum_j w~_j |h_j| + l2 * mean sum_j h_j^2."""
 
     variant = "aen"
-
-    def __init__(self, d_in: int, d_sae: int, l1_coeff: float = 1e-3, l2_coeff: float = 1e-3, gamma: float = 1.0,
-                 ema_beta: float = 0.999, ref_pct: float = 0.01, warmup_start: int = 0, warmup_steps: int = 0,
-                 w_max: float = W_MAX, *,
-                 dead_after_tokens: int = 1_000_000, seed: int = 0, loss_scale: str = "sum") -> None:
-        super().__init__(d_in, d_sae, l1_coeff, gamma, ema_beta, ref_pct, warmup_start, warmup_steps, w_max,
-                         dead_after_tokens=dead_after_tokens, seed=seed, loss_scale=loss_scale)
-        self.l2_coeff = check_nonnegative("l2_coeff", l2_coeff)
+    config_class = AENConfig
+    penalty_reduction = {"l1": "latent_sum", "l2": "latent_sum"}
 
     def penalties(self, h, pre, x, x_hat):
         return {**super().penalties(h, pre, x, x_hat), "l2": self.l2_coeff * h.pow(2).sum(-1).mean()}

@@ -5,12 +5,13 @@ A variant only says how codes are made from pre-activations (`activation`) and w
 """
 from __future__ import annotations
 
-import inspect
+from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
+from aen_mini.sae.collective import LOCAL_STATS, ONE_PROCESS, LatentComms, StatReducer
 from aen_mini.validate import check_activations, check_choice, check_features, check_positive_int, check_seed
 
 # How the reconstruction error is reduced over features. "sum" (ours): ||x - x_hat||^2 averaged over the batch.
@@ -32,70 +33,80 @@ def coefficients_for_scale(coeff: float, d_in: int, from_scale: str, to_scale: s
     return coeff * factor
 
 
-class StatReducer:
-    """Turns statistics of what this process sees into statistics of the whole training step.
+@dataclass
+class SAEConfig:
+    """What every variant's config holds: the sizes and the bookkeeping. A variant's config subclasses this beside
+    its class (``ReLUL1Config`` next to ``ReLUL1``) and adds its hyperparameters, each with a default."""
 
-    One process sees the whole batch and every latent, so each method is the identity; ``aen_mini.distributed``
-    supplies the data-parallel version (other processes hold other rows) and the latent-sharded one (other
-    processes hold other latents)."""
+    d_in: int
+    d_sae: int
+    dead_after_tokens: int = 1_000_000  # a latent silent for this many tokens counts as dead
+    seed: int = 0  # seed of the initialisation
+    loss_scale: str = "sum"  # LOSS_SCALES: the reconstruction error summed ("sum") or averaged ("mean") over features
 
-    def batch_tokens(self, n: int) -> int:
-        """Rows in the global batch, given this process's ``n``."""
-        return n
-
-    def batch_mean(self, t: torch.Tensor) -> torch.Tensor:
-        """Mean over the global batch, given the mean over this process's rows."""
-        return t
-
-    def batch_any(self, t: torch.Tensor) -> torch.Tensor:
-        """True where true for any row of the global batch, given this process's rows (bool)."""
-        return t
-
-    def latent_sum(self, t: torch.Tensor) -> torch.Tensor:
-        """Sum over all latents, given the sum over this process's latents."""
-        return t
-
-    def latent_mean(self, t: torch.Tensor) -> torch.Tensor:
-        """Mean over all latents, given the mean over this process's latents."""
-        return t
-
-    def codes_min(self, t: torch.Tensor) -> torch.Tensor:
-        """Minimum over every code of the step, given the minimum over this process's codes."""
-        return t
-
-
-LOCAL_STATS = StatReducer()
+    def __post_init__(self) -> None:
+        self.d_in = check_positive_int("d_in", self.d_in)
+        self.d_sae = check_positive_int("d_sae", self.d_sae)
+        self.dead_after_tokens = check_positive_int("dead_after_tokens", self.dead_after_tokens)
+        self.seed = check_seed("seed", self.seed)
+        self.loss_scale = check_choice("loss_scale", self.loss_scale, LOSS_SCALES)
 
 
 class SAE(nn.Module):
-    """h = activation(W_enc (x - b_dec) + b_enc),  x_hat = W_dec h + b_dec, with unit-norm decoder columns."""
+    """h = activation(W_enc (x - b_dec) + b_enc),  x_hat = W_dec h + b_dec, with unit-norm decoder columns.
+
+    Built from its config: ``ReLUL1(ReLUL1Config(d_in, d_sae, l1_coeff=0.1))`` (or ``make_sae``). ``latents`` (a
+    slice of range(d_sae)) and ``comms`` build one process's shard for latent-sharded training: it holds those
+    latents' encoder rows, decoder columns and per-latent state (``latent_state``), and completes sums and
+    selections over the latent axis through ``comms``; its config stays the whole SAE's."""
 
     variant: ClassVar[str] = ""
+    config_class: ClassVar[type[SAEConfig]] = SAEConfig
+    # Which axis of each per-latent state tensor indexes latents (the axis a latent shard holds a slice of);
+    # every other tensor (b_dec, a variant's scalars) is replicated on every shard.
+    latent_state: ClassVar[dict[str, int]] = {"W_enc": 0, "b_enc": 0, "W_dec": 1, "tokens_since_fired": 0}
+    # How each penalty term is completed across latent shards (collective.PENALTY_REDUCTIONS).
+    penalty_reduction: ClassVar[dict[str, str]] = {}
+    # The SAELens inference architecture that computes the same map (aen_mini.saelens); see saelens_export.
+    saelens_architecture: ClassVar[str] = "standard"
     l1_coeff: float = 0.0
     l2_coeff: float = 0.0
 
-    def __init__(self, d_in: int, d_sae: int, *, dead_after_tokens: int = 1_000_000, seed: int = 0,
-                 loss_scale: str = "sum") -> None:
+    def __init__(self, cfg: SAEConfig, *, latents: slice | None = None, comms: LatentComms = ONE_PROCESS) -> None:
+        if not isinstance(cfg, self.config_class):
+            raise TypeError(f"{type(self).__name__} is built from a {self.config_class.__name__}, got "
+                            f"{type(cfg).__name__} (use make_sae(variant, d_in, d_sae, **hyperparameters))")
         super().__init__()
-        self.loss_scale = check_choice("loss_scale", loss_scale, LOSS_SCALES)
-        self.d_in = check_positive_int("d_in", d_in)
-        self.d_sae = check_positive_int("d_sae", d_sae)
-        self.dead_after_tokens = check_positive_int("dead_after_tokens", dead_after_tokens)
-        self.seed = check_seed("seed", seed)
-        g = torch.Generator().manual_seed(seed)
-        atoms = torch.randn(d_in, d_sae, generator=g)
+        for f in fields(cfg):  # hyperparameters as attributes (a variant may expose some as properties instead)
+            if not isinstance(getattr(type(self), f.name, None), property):
+                setattr(self, f.name, getattr(cfg, f.name))
+        self.latent_slice = slice(0, cfg.d_sae) if latents is None else latents
+        if not (0 <= self.latent_slice.start < self.latent_slice.stop <= cfg.d_sae):
+            raise ValueError(f"latents {self.latent_slice} is not a non-empty slice of range({cfg.d_sae})")
+        self.comms = comms
+        g = torch.Generator().manual_seed(cfg.seed)
+        atoms = torch.randn(cfg.d_in, cfg.d_sae, generator=g)[:, self.latent_slice]  # a shard: its own columns
         atoms /= atoms.norm(dim=0, keepdim=True)
         self.W_dec = nn.Parameter(atoms)  # columns are the dictionary atoms
         self.W_enc = nn.Parameter(atoms.T.contiguous())  # the decoder's transpose, row-major: fused Adam reads flat memory
-        self.b_enc = nn.Parameter(torch.zeros(d_sae))
-        self.b_dec = nn.Parameter(torch.zeros(d_in))
+        self.b_enc = nn.Parameter(torch.zeros(self.n_latents))
+        self.b_dec = nn.Parameter(torch.zeros(cfg.d_in))
         # Tokens seen since each latent last fired: the one dead-latent counter that the trainer,
         # resampling and AuxK all read.
-        self.register_buffer("tokens_since_fired", torch.zeros(d_sae, dtype=torch.long))
-        self._last_codes: torch.Tensor | None = None
+        self.register_buffer("tokens_since_fired", torch.zeros(self.n_latents, dtype=torch.long))
         # Multiplies the "l1" and "l2" terms: the trainer's coefficient warm-up (TrainConfig.l1_warmup_steps)
         # sets it each step. Not a hyperparameter: 1 outside training.
         self.penalty_scale = 1.0
+
+    @property
+    def n_latents(self) -> int:
+        """Latents held here: d_sae, or the shard's share of them."""
+        return self.latent_slice.stop - self.latent_slice.start
+
+    @property
+    def cfg(self) -> SAEConfig:
+        """The config this SAE was built from (a fresh copy: editing it changes nothing)."""
+        return self.config_class(**{f.name: getattr(self, f.name) for f in fields(self.config_class)})
 
     @torch.no_grad()
     def init_like_authors_(self, seed: int = 0) -> "SAE":
@@ -103,16 +114,17 @@ class SAE(nn.Module):
         g = torch.Generator().manual_seed(check_seed("seed", seed))
         enc_bound, dec_bound = self.d_in ** -0.5, self.d_sae ** -0.5
         uniform = lambda shape, bound: (torch.rand(shape, generator=g) * 2 - 1) * bound  # noqa: E731
-        atoms = uniform((self.d_in, self.d_sae), dec_bound)
+        own = self.latent_slice  # drawn whole, then this shard's part: the same SAE for any number of shards
+        atoms = uniform((self.d_in, self.d_sae), dec_bound)[:, own]
         self.W_dec.copy_(atoms / atoms.norm(dim=0, keepdim=True).clamp_min(1e-12))
-        self.W_enc.copy_(uniform((self.d_sae, self.d_in), enc_bound))
-        self.b_enc.copy_(uniform((self.d_sae,), enc_bound))
+        self.W_enc.copy_(uniform((self.d_sae, self.d_in), enc_bound)[own])
+        self.b_enc.copy_(uniform((self.d_sae,), enc_bound)[own])
         self.b_dec.zero_()
         return self
 
     # --- the map -----------------------------------------------------------------------------------
     def pre_activation(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.b_dec) @ self.W_enc.T + self.b_enc
+        return (x - self.comms.shared(self.b_dec)) @ self.W_enc.T + self.b_enc
 
     def activation(self, pre: torch.Tensor) -> torch.Tensor:
         return torch.relu(pre)
@@ -123,13 +135,13 @@ class SAE(nn.Module):
         return self.activation(self.pre_activation(x))
 
     def decode(self, h: torch.Tensor) -> torch.Tensor:
-        # W_dec's width, not d_sae: a latent-sharded SAE decodes its own slice of the codes
+        # W_dec's width, not d_sae: a latent shard decodes its own slice of the codes
         h = check_features(h, self.W_dec.shape[1], "h").to(self.W_dec.dtype)
         return self.decode_atoms(h) + self.b_dec
 
     def decode_atoms(self, h: torch.Tensor) -> torch.Tensor:
-        """W_dec h without the bias: the sum over latents that latent-sharded training completes across processes."""
-        return h @ self.W_dec.T
+        """W_dec h without the bias: a sum over latents (completed across latent shards by ``comms``)."""
+        return self.comms.sum(h @ self.W_dec.T)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.encode(x)
@@ -140,19 +152,23 @@ class SAE(nn.Module):
         """The variant's terms, each already multiplied by its coefficient."""
         return {}
 
-    def loss(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Named loss terms for a batch; ``"loss"`` is their sum, the quantity that is minimised."""
+    def loss_and_codes(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Named loss terms for a batch (``"loss"`` is their sum, the quantity that is minimised) and the batch's
+        codes (detached), which ``after_step`` and the trainer's log read."""
         x = check_activations(x, self.d_in, check_finite=False).to(self.W_enc.dtype)
         pre = self.pre_activation(x)
         h = self.activation(pre)
         x_hat = self.decode(h)
         terms = {"mse": self.reconstruction_error(x, x_hat)}
-        terms.update(self.penalties(h, pre, x, x_hat))
+        terms.update(self.comms.reduce_penalties(self.penalties(h, pre, x, x_hat), self.penalty_reduction))
         if self.penalty_scale != 1.0:
             terms.update({name: terms[name] * self.penalty_scale for name in ("l1", "l2") if name in terms})
         terms["loss"] = torch.stack(list(terms.values())).sum()
-        self._last_codes = h.detach()
-        return terms
+        return terms, h.detach()
+
+    def loss(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Named loss terms for a batch; ``"loss"`` is their sum."""
+        return self.loss_and_codes(x)[0]
 
     def reconstruction_error(self, x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
         """||x - x_hat||^2 averaged over the batch ("sum") or over the batch and the features ("mean")."""
@@ -161,11 +177,11 @@ class SAE(nn.Module):
 
     # --- after each optimiser step -----------------------------------------------------------------
     @torch.no_grad()
-    def after_step(self, stats: StatReducer = LOCAL_STATS) -> None:
-        """Renormalise decoder columns, count firing, update the variant's running state. ``stats`` makes the
-        counters and running statistics those of the global batch when training is distributed."""
+    def after_step(self, h: torch.Tensor | None = None, stats: StatReducer = LOCAL_STATS) -> None:
+        """Renormalise decoder columns; given the step's codes ``h``, count firing and update the variant's running
+        state. ``stats`` makes the counters and running statistics those of the global batch when training is
+        distributed."""
         self.W_dec.div_(self.W_dec.norm(dim=0, keepdim=True).clamp_min(1e-12))
-        h = self._last_codes
         if h is None:
             return
         fired = stats.batch_any((h > 0).any(dim=0))
@@ -182,9 +198,12 @@ class SAE(nn.Module):
 
     # --- configuration -----------------------------------------------------------------------------
     def config(self) -> dict[str, Any]:
-        """JSON-serialisable constructor arguments (every argument is stored under its own name)."""
-        names = [p for p in inspect.signature(type(self).__init__).parameters if p != "self"]
-        return {"variant": self.variant, **{name: getattr(self, name) for name in names}}
+        """The config as JSON: the variant's name and every field of its config dataclass (a shard: the whole SAE's)."""
+        return {"variant": self.variant, **{f.name: getattr(self, f.name) for f in fields(self.config_class)}}
+
+    def saelens_export(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        """What SAELens needs beyond the four standard tensors: extra cfg.json fields and extra weights."""
+        return {}, {}
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v}" for k, v in self.config().items() if k != "variant")

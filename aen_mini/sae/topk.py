@@ -2,16 +2,28 @@
 gradient to dead latents (Gao et al. 2024; Bussmann et al. 2024)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from aen_mini.sae.base import LOCAL_STATS, SAE, StatReducer
+from aen_mini.sae.base import SAE, SAEConfig
+from aen_mini.sae.collective import LOCAL_STATS, StatReducer, keep_top
 from aen_mini.validate import check_in_range, check_nonnegative, check_nonnegative_int, check_positive_int
 
 
-def keep_top(pre: torch.Tensor, k: int) -> torch.Tensor:
-    """ReLU of the k largest entries of each row, zero elsewhere."""
-    values, idx = pre.topk(k, dim=-1)
-    return torch.zeros_like(pre).scatter_(-1, idx, torch.relu(values))
+@dataclass
+class TopKConfig(SAEConfig):
+    k: int = 32  # active latents per token
+    aux_k: int = 0  # dead latents the AuxK loss uses per token (0: d_in / 2, at most d_sae)
+    aux_coeff: float = 1 / 32  # weight of the AuxK loss (0: none)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.k = check_positive_int("k", self.k)
+        if self.k > self.d_sae:
+            raise ValueError(f"k={self.k} must not exceed the number of latents d_sae={self.d_sae}")
+        self.aux_k = check_nonnegative_int("aux_k", self.aux_k) or min(self.d_sae, max(1, self.d_in // 2))
+        self.aux_coeff = check_nonnegative("aux_coeff", self.aux_coeff)
 
 
 class TopK(SAE):
@@ -22,34 +34,33 @@ class TopK(SAE):
     """
 
     variant = "topk"
-
-    def __init__(self, d_in: int, d_sae: int, k: int = 32, aux_k: int = 0, aux_coeff: float = 1 / 32, *,
-                 dead_after_tokens: int = 1_000_000, seed: int = 0, loss_scale: str = "sum") -> None:
-        super().__init__(d_in, d_sae, dead_after_tokens=dead_after_tokens, seed=seed, loss_scale=loss_scale)
-        self.k = check_positive_int("k", k)
-        if k > d_sae:
-            raise ValueError(f"k={k} must not exceed the number of latents d_sae={d_sae}")
-        self.aux_k = check_nonnegative_int("aux_k", aux_k) or min(d_sae, max(1, d_in // 2))
-        self.aux_coeff = check_nonnegative("aux_coeff", aux_coeff)
+    config_class = TopKConfig
+    penalty_reduction = {"aux": "global"}  # through decode_atoms, already summed over every latent
+    saelens_architecture = "topk"
 
     def activation(self, pre: torch.Tensor) -> torch.Tensor:
-        return self.keep_top(pre, self.k)
-
-    # Selections over the latent axis go through these two methods so latent-sharded training can make them global.
-    def keep_top(self, pre: torch.Tensor, k: int) -> torch.Tensor:
-        return keep_top(pre, k)
-
-    def any_latent(self, mask: torch.Tensor) -> torch.Tensor:
-        return mask.any()
+        return self.comms.keep_top(pre, self.k)
 
     def penalties(self, h, pre, x, x_hat):
         if self.aux_coeff == 0:
             return {}
         dead = self.dead_mask()
-        h_aux = self.keep_top(pre.masked_fill(~dead, float("-inf")), min(self.aux_k, self.d_sae))
+        h_aux = self.comms.keep_top(pre.masked_fill(~dead, float("-inf")), min(self.aux_k, self.d_sae))
         residual = (x - x_hat).detach()
         aux = (residual - self.decode_atoms(h_aux)).pow(2).sum(-1).mean()
-        return {"aux": self.aux_coeff * aux * self.any_latent(dead)}  # a constant ||e||^2 otherwise: report 0
+        return {"aux": self.aux_coeff * aux * self.comms.any(dead)}  # a constant ||e||^2 otherwise: report 0
+
+    def saelens_export(self) -> tuple[dict, dict[str, torch.Tensor]]:
+        return {"k": self.k, "rescale_acts_by_decoder_norm": False}, {}
+
+
+@dataclass
+class BatchTopKConfig(TopKConfig):
+    threshold_momentum: float = 0.01  # step of the running inference threshold toward each batch's smallest kept code
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.threshold_momentum = check_in_range("threshold_momentum", self.threshold_momentum, 0.0, 1.0)
 
 
 class BatchTopK(TopK):
@@ -58,13 +69,13 @@ class BatchTopK(TopK):
     mean of the smallest kept activation."""
 
     variant = "batch_topk"
+    config_class = BatchTopKConfig
+    # at inference BatchTopK keeps pre-activations above its running threshold: a JumpReLU whose threshold is that
+    # value for every latent (SAELens exports its own BatchTopK the same way)
+    saelens_architecture = "jumprelu"
 
-    def __init__(self, d_in: int, d_sae: int, k: int = 32, aux_k: int = 0, aux_coeff: float = 1 / 32,
-                 threshold_momentum: float = 0.01, *, dead_after_tokens: int = 1_000_000, seed: int = 0,
-                 loss_scale: str = "sum") -> None:
-        super().__init__(d_in, d_sae, k, aux_k, aux_coeff, dead_after_tokens=dead_after_tokens, seed=seed,
-                         loss_scale=loss_scale)
-        self.threshold_momentum = check_in_range("threshold_momentum", threshold_momentum, 0.0, 1.0)
+    def __init__(self, cfg: BatchTopKConfig, **shard) -> None:
+        super().__init__(cfg, **shard)
         self.register_buffer("threshold", torch.zeros(()))
 
     def activation(self, pre: torch.Tensor) -> torch.Tensor:
@@ -72,10 +83,16 @@ class BatchTopK(TopK):
             return torch.where(pre > self.threshold, pre, torch.zeros_like(pre)).relu()
         flat = pre.flatten()
         # k <= d_sae, so k * rows never exceeds the number of pre-activations (rows: every leading axis)
-        return self.keep_top(flat.unsqueeze(0), self.k * (flat.numel() // pre.shape[-1])).view_as(pre)
+        return self.comms.keep_top(flat.unsqueeze(0), self.k * (flat.numel() // pre.shape[-1])).view_as(pre)
 
     def update_state(self, h: torch.Tensor, stats: StatReducer = LOCAL_STATS) -> None:
         # smallest kept code (inf if none was kept), without a host sync that would stall the GPU
         smallest = stats.codes_min(torch.where(h > 0, h, torch.inf).amin().to(self.threshold.dtype))
         self.threshold.copy_(torch.where(smallest.isfinite(), self.threshold.lerp(smallest, self.threshold_momentum),
                                          self.threshold))
+
+    def saelens_export(self) -> tuple[dict, dict[str, torch.Tensor]]:
+        return {}, {"threshold": self.threshold.expand(self.d_sae)}
+
+
+__all__ = ["TopK", "TopKConfig", "BatchTopK", "BatchTopKConfig", "keep_top"]
