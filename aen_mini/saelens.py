@@ -42,7 +42,7 @@ from safetensors import safe_open
 
 from aen_mini.atomic import atomic_save_safetensors, atomic_write_text
 from aen_mini.checkpoint import load_sae_state
-from aen_mini.sae import SAE, make_sae, sae_from_config
+from aen_mini.sae import SAE, VARIANTS, make_sae, sae_from_config, variant_class
 from aen_mini.validate import check_choice, check_positive_int
 
 CFG_FILENAME = "cfg.json"
@@ -50,8 +50,9 @@ WEIGHTS_FILENAME = "sae_weights.safetensors"
 # The cfg.json layout (top-level fields plus a metadata dict) that SAELens introduced in 6.0.
 SAELENS_FORMAT_VERSION = "6.0.0"
 NORMALIZATIONS = ("none", "constant_norm_rescale", "expected_average_only_in")
-ARCHITECTURE_OF_VARIANT = {"relu_l1": "standard", "elastic_net": "standard", "adaptive_lasso": "standard",
-                           "aen": "standard", "topk": "topk", "batch_topk": "jumprelu"}
+# Each variant says which SAELens architecture computes its map (SAE.saelens_architecture) and what that needs beyond
+# the four standard tensors (SAE.saelens_export). This table is the built-in variants' view of it.
+ARCHITECTURE_OF_VARIANT = {name: cls.saelens_architecture for name, cls in VARIANTS.items()}
 # What a SAELens SAE without aen_mini metadata becomes.
 VARIANT_OF_ARCHITECTURE = {"standard": "relu_l1", "topk": "topk", "jumprelu": "batch_topk"}
 DTYPE_NAMES = {torch.float32: "float32", torch.float64: "float64", torch.float16: "float16", torch.bfloat16: "bfloat16"}
@@ -80,12 +81,9 @@ def export_to_saelens(sae: SAE, folder: str | os.PathLike, *, model_name: str | 
         raise ValueError(f"cannot export to {folder}: it exists and is not a folder")
 
     weights = {"W_enc": sae.W_enc.T, "W_dec": sae.W_dec.T, "b_enc": sae.b_enc, "b_dec": sae.b_dec}
-    architecture = ARCHITECTURE_OF_VARIANT[sae.variant]
-    extra: dict[str, Any] = {}
-    if architecture == "topk":
-        extra = {"k": sae.k, "rescale_acts_by_decoder_norm": False}
-    elif architecture == "jumprelu":
-        weights["threshold"] = sae.threshold.expand(sae.d_sae)
+    architecture = type(sae).saelens_architecture
+    extra, extra_weights = sae.saelens_export()
+    weights.update(extra_weights)
     for name, value in weights.items():
         if not bool(torch.isfinite(value).all()):
             raise ValueError(f"refusing to export {name}: it holds NaN or inf")
@@ -168,7 +166,8 @@ def _build(cfg: dict[str, Any], cfg_path: Path, architecture: str) -> SAE:
     metadata = cfg.get("metadata") or {}
     ours = metadata.get("aen_mini") if isinstance(metadata, dict) else None
     if ours is not None:
-        if not isinstance(ours, dict) or ARCHITECTURE_OF_VARIANT.get(str(ours.get("variant"))) != architecture:
+        known = isinstance(ours, dict) and str(ours.get("variant")) in VARIANTS
+        if not known or variant_class(str(ours["variant"])).saelens_architecture != architecture:
             raise ValueError(f"{cfg_path}: metadata.aen_mini does not describe a {architecture} SAE: {ours!r}")
         if (ours.get("d_in"), ours.get("d_sae")) != (cfg["d_in"], cfg["d_sae"]):
             raise ValueError(f"{cfg_path}: metadata.aen_mini sizes disagree with d_in/d_sae")
