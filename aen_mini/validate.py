@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import field
 from typing import Any, Iterable
 
 import torch
@@ -92,3 +93,10 @@ def check_device(name: str, value: Any) -> str:
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
         raise ValueError(f"{name}={value!r} but this machine has {torch.cuda.device_count()} GPU(s)")
     return value
+
+
+def option(default: Any = None, help: str = "", *, default_factory: Any = None) -> Any:
+    """A config dataclass field with its help text, which the command line shows (aen_mini.run.cli)."""
+    if default_factory is not None:
+        return field(default_factory=default_factory, metadata={"help": help})
+    return field(default=default, metadata={"help": help})

@@ -18,7 +18,7 @@ from torch import nn
 
 from aen_mini.sae.base import SAE, SAEConfig
 from aen_mini.sae.collective import LOCAL_STATS, ONE_PROCESS, LatentComms, StatReducer
-from aen_mini.validate import check_in_range, check_nonnegative, check_nonnegative_int
+from aen_mini.validate import check_in_range, check_nonnegative, check_nonnegative_int, option
 
 W_MIN, W_MAX, A_FLOOR = 0.01, 10.0, 1e-5  # W_MAX: the default of w_max
 
@@ -68,13 +68,13 @@ class AdaptiveL1Weights(nn.Module):
 
 @dataclass
 class AdaptiveLassoConfig(SAEConfig):
-    l1_coeff: float = 1e-3  # weight of the reweighted L1 penalty
-    gamma: float = 1.0  # exponent of the reweighting rule
-    ema_beta: float = 0.999  # decay of the running mean of |h_j|
-    ref_pct: float = 0.01  # share of the most active latents whose mean activity gets weight 1
-    warmup_start: int = 0  # step at which the reweighting begins
-    warmup_steps: int = 0  # steps over which it ramps in
-    w_max: float = W_MAX  # largest weight
+    l1_coeff: float = option(1e-3, "weight of the reweighted L1 penalty")
+    gamma: float = option(1.0, "exponent of the reweighting rule")
+    ema_beta: float = option(0.999, "decay of the running mean of |h_j|")
+    ref_pct: float = option(0.01, "share of the most active latents whose mean activity gets weight 1")
+    warmup_start: int = option(0, "step at which the reweighting begins")
+    warmup_steps: int = option(0, "steps over which the reweighting ramps in")
+    w_max: float = option(W_MAX, "largest L1 weight")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -116,7 +116,7 @@ class AdaptiveLasso(SAE):
 
 @dataclass
 class AENConfig(AdaptiveLassoConfig):
-    l2_coeff: float = 1e-3  # weight of the squared L2 penalty on the codes
+    l2_coeff: float = option(1e-3, "weight of the squared L2 penalty on the codes")
 
     def __post_init__(self) -> None:
         super().__post_init__()

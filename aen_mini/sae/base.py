@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from aen_mini.sae.collective import LOCAL_STATS, ONE_PROCESS, LatentComms, StatReducer
-from aen_mini.validate import check_activations, check_choice, check_features, check_positive_int, check_seed
+from aen_mini.validate import check_activations, check_choice, check_features, check_positive_int, check_seed, option
 
 # How the reconstruction error is reduced over features. "sum" (ours): ||x - x_hat||^2 averaged over the batch.
 # "mean" (the authors'): averaged over the batch and the d_in features, i.e. "sum" / d_in. The same run in both
@@ -40,9 +40,9 @@ class SAEConfig:
 
     d_in: int
     d_sae: int
-    dead_after_tokens: int = 1_000_000  # a latent silent for this many tokens counts as dead
-    seed: int = 0  # seed of the initialisation
-    loss_scale: str = "sum"  # LOSS_SCALES: the reconstruction error summed ("sum") or averaged ("mean") over features
+    dead_after_tokens: int = option(1_000_000, "a latent silent for this many tokens counts as dead")
+    seed: int = option(0, "seed of the initialisation")
+    loss_scale: str = option("sum", "the reconstruction error summed ('sum', ours) or averaged ('mean', the authors') over features")
 
     def __post_init__(self) -> None:
         self.d_in = check_positive_int("d_in", self.d_in)

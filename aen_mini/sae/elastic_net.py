@@ -5,13 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from aen_mini.sae.base import SAE, SAEConfig
-from aen_mini.validate import check_nonnegative
+from aen_mini.validate import check_nonnegative, option
 
 
 @dataclass
 class ElasticNetConfig(SAEConfig):
-    l1_coeff: float = 1e-3  # weight of the L1 penalty on the codes
-    l2_coeff: float = 1e-3  # weight of the squared L2 penalty on the codes
+    l1_coeff: float = option(1e-3, "weight of the L1 penalty on the codes")
+    l2_coeff: float = option(1e-3, "weight of the squared L2 penalty on the codes")
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -8,14 +8,14 @@ import torch
 
 from aen_mini.sae.base import SAE, SAEConfig
 from aen_mini.sae.collective import LOCAL_STATS, StatReducer, keep_top
-from aen_mini.validate import check_in_range, check_nonnegative, check_nonnegative_int, check_positive_int
+from aen_mini.validate import check_in_range, check_nonnegative, check_nonnegative_int, check_positive_int, option
 
 
 @dataclass
 class TopKConfig(SAEConfig):
-    k: int = 32  # active latents per token
-    aux_k: int = 0  # dead latents the AuxK loss uses per token (0: d_in / 2, at most d_sae)
-    aux_coeff: float = 1 / 32  # weight of the AuxK loss (0: none)
+    k: int = option(32, "active latents per token")
+    aux_k: int = option(0, "dead latents the AuxK loss uses per token (0: d_in / 2, at most d_sae)")
+    aux_coeff: float = option(1 / 32, "weight of the AuxK loss (0: none)")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -56,7 +56,7 @@ class TopK(SAE):
 
 @dataclass
 class BatchTopKConfig(TopKConfig):
-    threshold_momentum: float = 0.01  # step of the running inference threshold toward each batch's smallest kept code
+    threshold_momentum: float = option(0.01, "step of the inference threshold toward each batch's smallest kept code")
 
     def __post_init__(self) -> None:
         super().__post_init__()
