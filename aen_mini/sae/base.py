@@ -35,7 +35,7 @@ def coefficients_for_scale(coeff: float, d_in: int, from_scale: str, to_scale: s
 class StatReducer:
     """Turns statistics of what this process sees into statistics of the whole training step.
 
-    One process sees the whole batch and every latent, so each method is the identity; ``aen_mini.distributed``
+    One process sees the whole batch and every latent, so each method is the identity; ``aen_mini.train.distributed``
     supplies the data-parallel version (other processes hold other rows) and the latent-sharded one (other
     processes hold other latents)."""
 
