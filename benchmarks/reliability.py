@@ -29,10 +29,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))  # the kill/resume harness lives beside the test that uses it
 
 import crash_worker  # noqa: E402
-from aen_mini.checkpoint import load_checkpoint, load_sae_state  # noqa: E402
+from aen_mini.io.checkpoint import load_checkpoint, load_sae_state  # noqa: E402
 from aen_mini.data.source import TensorSource  # noqa: E402
 from aen_mini.sae import make_sae  # noqa: E402
-from aen_mini.train import TrainConfig, train  # noqa: E402
+from aen_mini.train.loop import TrainConfig, train  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
 VARIANT_HYPERPARAMETERS = {"aen": crash_worker.DEFAULT_SPEC["hyperparameters"],
@@ -133,7 +133,7 @@ def adversarial_cli(tmp: Path) -> list[dict[str, object]]:
     as a subprocess; clean means exit status 2 and one line on stderr starting with 'error: '."""
     from test_cli_errors import SPIKED, _cli, adversarial_cases
 
-    from aen_mini.runfolder import RunFolderLock
+    from aen_mini.run.runfolder import RunFolderLock
 
     tmp.mkdir(parents=True, exist_ok=True)
     rows = []

@@ -19,7 +19,7 @@ cannot be installed), and ``aen_mini`` trains them (its SAE and trainer import n
 in the sae-lens venv). The 16k model is built from its published configuration (seed 42), exactly as SAELens's
 ``create_synth_bench_16k_model.py`` does, because the Hugging Face copy cannot be downloaded offline.
 
-Every penalised method's l1 is calibrated to the target L0 by ``aen_mini.calibrate.search_l1``; each trial is a
+Every penalised method's l1 is calibrated to the target L0 by ``aen_mini.eval.calibrate.search_l1``; each trial is a
 full training run on the same samples, and the run of the chosen trial is the one scored (no retraining).
 Writes ``synthsaebench.json`` (after every scored method) and ``synthsaebench.md``.
 """
@@ -41,11 +41,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]  # aen_mini and saelens_synthetic, from anywhere
 
 import saelens_synthetic  # noqa: E402
-from aen_mini.atomic import atomic_write_text  # noqa: E402
-from aen_mini.calibrate import power_law_start, search_l1  # noqa: E402
+from aen_mini.io.atomic import atomic_write_text  # noqa: E402
+from aen_mini.eval.calibrate import power_law_start, search_l1  # noqa: E402
 from aen_mini.sae import SAE, make_sae  # noqa: E402
-from aen_mini.sweep import EMA_BETA, GAMMA, REF_PCT, WARMUP_FRAC, WARMUP_START_FRAC, _DevicePool  # noqa: E402
-from aen_mini.train import TrainConfig, train  # noqa: E402
+from aen_mini.experiments.sweep import EMA_BETA, GAMMA, REF_PCT, WARMUP_FRAC, WARMUP_START_FRAC, _DevicePool  # noqa: E402
+from aen_mini.train.loop import TrainConfig, train  # noqa: E402
 
 # SAELens docs/synth_sae_bench.md, "Raw results for SynthSAEBench-16k at selected L0s", L0 = 25: mean ± std over
 # seeds, SAEs of width 4096 trained on 200M samples (batch 1024, lr 3e-4), from SAELens's synth-sae-bench-experiments.

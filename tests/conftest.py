@@ -7,7 +7,7 @@ torch.set_num_threads(1)
 
 def tiny_neox(layers: int, width: int):
     """A Pythia-70M-shaped GPT-NeoX shrunk to ``layers`` blocks of ``width`` (heads of 8 dims): a fast CPU model."""
-    from aen_mini.models import load_model
+    from aen_mini.lm.models import load_model
 
     return load_model("pythia-70m-shaped", config_overrides={"num_hidden_layers": layers, "hidden_size": width,
                                                               "intermediate_size": 2 * width,

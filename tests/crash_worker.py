@@ -47,7 +47,7 @@ def _source(spec: dict[str, Any]):
 def run(run_dir: Path) -> None:
     """One (possibly resumed) training process."""
     from aen_mini.sae import make_sae
-    from aen_mini.train import TrainConfig, train
+    from aen_mini.train.loop import TrainConfig, train
 
     torch.set_num_threads(1)  # the same reduction order in every process: bitwise-reproducible CPU runs
     spec = json.loads((run_dir / "spec.json").read_text())
@@ -87,7 +87,7 @@ def _tensors_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> li
 
 def compare(reference: Path, resumed: Path) -> dict[str, Any]:
     """What the resumed run lost relative to the uninterrupted one: lists of differing parts (all empty = nothing)."""
-    from aen_mini.checkpoint import load_checkpoint
+    from aen_mini.io.checkpoint import load_checkpoint
 
     ref, res = load_checkpoint(reference), load_checkpoint(resumed)
     ref_opt, res_opt = ref.optimizer_state, res.optimizer_state
@@ -112,7 +112,7 @@ def train_with_kills(workdir: Path, n_kills: int, seed: int, spec: dict[str, Any
                      max_kill_delay_s: float = 0.35) -> dict[str, Any]:
     """Uninterrupted reference run beside a run SIGKILLed ``n_kills`` times (each a random delay after the
     checkpoint was last replaced) and resumed; returns the kill points and what differs at the end."""
-    from aen_mini.checkpoint import load_checkpoint
+    from aen_mini.io.checkpoint import load_checkpoint
 
     spec = spec or DEFAULT_SPEC
     rng = random.Random(seed)

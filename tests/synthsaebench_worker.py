@@ -1,5 +1,5 @@
 """Runs inside the sae-lens venv (.venv-saelens): checks that scoring our SAE through benchmarks/synthsaebench.py's
-SAELensView gives what SAELens gives for the same SAE exported (aen_mini.saelens) and loaded as SAELens's own SAE.
+SAELensView gives what SAELens gives for the same SAE exported (aen_mini.io.saelens) and loaded as SAELens's own SAE.
 
     python synthsaebench_worker.py OUT.json
 
@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import synthsaebench as bench  # noqa: E402 (puts the repo root on the path too)
 from sae_lens import SAE  # noqa: E402
 
-from aen_mini.saelens import export_to_saelens  # noqa: E402
+from aen_mini.io.saelens import export_to_saelens  # noqa: E402
 
 
 def main(out: str) -> None:

@@ -10,7 +10,7 @@ import torch
 from aen_mini.data.activations import ActivationNormalizer, LMActivationSource, harvest
 from aen_mini.data.source import ActivationSource
 from aen_mini.data.text import model_tokens
-from aen_mini.models import load_model
+from aen_mini.lm.models import load_model
 from conftest import tiny_neox
 
 torch.set_num_threads(1)  # tiny models: threads only add contention on shared cores

@@ -10,9 +10,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from aen_mini.checkpoint import load_sae
+from aen_mini.io.checkpoint import load_sae
 from aen_mini.data.cache import cache_activations
-from aen_mini.runs import RunConfig
+from aen_mini.run.runs import RunConfig
 from conftest import tiny_neox
 
 
@@ -35,7 +35,7 @@ def test_two_gloo_ranks_train_from_the_cache(cache, parallel, tmp_path):
                     batch_size=128, device="cpu", parallel=parallel, progress=False, out=str(tmp_path / "run"))
     (tmp_path / "run.json").write_text(json.dumps(asdict(cfg)))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-           "--master-port", str(port), "-m", "aen_mini.cache_run", str(tmp_path / "run.json"), str(cache / "cache"),
+           "--master-port", str(port), "-m", "aen_mini.run.cache_run", str(tmp_path / "run.json"), str(cache / "cache"),
            str(cache / "held_out.safetensors")]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-2000:]

@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from aen_mini.calibrate import next_l1, power_law_start, search_l1
+from aen_mini.eval.calibrate import next_l1, power_law_start, search_l1
 
 
 def power_law(scale: float, alpha: float):

@@ -10,10 +10,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from aen_mini.checkpoint import FORMAT, load_checkpoint, load_sae_state, save_checkpoint
+from aen_mini.io.checkpoint import FORMAT, load_checkpoint, load_sae_state, save_checkpoint
 from aen_mini.data.source import TensorSource
 from aen_mini.sae import make_sae
-from aen_mini.train import TrainConfig, train
+from aen_mini.train.loop import TrainConfig, train
 
 
 @pytest.fixture(scope="module")

@@ -5,9 +5,9 @@ import re
 import pytest
 import torch
 
-from aen_mini.__main__ import main
-from aen_mini.checkpoint import load_sae
-from aen_mini.runs import RunConfig
+from aen_mini.run.cli import main
+from aen_mini.io.checkpoint import load_sae
+from aen_mini.run.runs import RunConfig
 
 
 def test_train_on_spiked_data_writes_a_results_folder(tmp_path):

@@ -15,11 +15,11 @@ import torch
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from aen_mini.__main__ import HELP, main
+from aen_mini.run.cli import HELP, main
 from aen_mini.data.source import TensorSource
-from aen_mini.runs import RunConfig
+from aen_mini.run.runs import RunConfig
 from aen_mini.sae import make_sae
-from aen_mini.train import TrainConfig, train
+from aen_mini.train.loop import TrainConfig, train
 
 ROOT = Path(__file__).resolve().parent.parent
 SPIKED = ["train", "--model", "spiked", "--sae", "relu_l1", "--latents", "16", "--tokens", "1024", "--batch-size", "256",
@@ -94,13 +94,13 @@ def test_adversarial_input_ends_with_one_line_and_status_2(tmp_path, name):
 
 def test_disk_full_ends_with_one_line(tmp_path, capsys, monkeypatch):
     """ENOSPC while writing the results (as a full disk raises it): one line, status 2."""
-    import aen_mini.atomic as atomic
+    import aen_mini.io.atomic as atomic
 
     def full(path, write):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
 
     monkeypatch.setattr(atomic, "atomic_write", full)
-    monkeypatch.setattr("aen_mini.runs.atomic_write_text", lambda path, text: full(path, None))
+    monkeypatch.setattr("aen_mini.run.runs.atomic_write_text", lambda path, text: full(path, None))
     assert main([*SPIKED, "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "No space left on device" in err[0] and "config.json" in err[0]
@@ -113,7 +113,7 @@ def test_a_full_disk_while_writing_the_checkpoint_ends_with_one_line(tmp_path, c
     def full(*args, **kwargs):
         raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
 
-    monkeypatch.setattr("aen_mini.atomic.save_file", full)
+    monkeypatch.setattr("aen_mini.io.atomic.save_file", full)
     assert main([*SPIKED, "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "No space left on device" in err[0] and "checkpoint.safetensors" in err[0]
@@ -122,7 +122,7 @@ def test_a_full_disk_while_writing_the_checkpoint_ends_with_one_line(tmp_path, c
 
 def test_the_output_folder_is_checked_before_the_data_is_built(tmp_path, monkeypatch, capsys):
     (tmp_path / "a-file").write_text("x")
-    monkeypatch.setattr("aen_mini.runs.build_data", lambda *a, **k: pytest.fail("built data for a run that cannot be written"))
+    monkeypatch.setattr("aen_mini.run.runs.build_data", lambda *a, **k: pytest.fail("built data for a run that cannot be written"))
     assert main(["train", "--out", str(tmp_path / "a-file"), "--no-progress"]) == 2
     assert "is a file" in capsys.readouterr().err
 

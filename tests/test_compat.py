@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from aen_mini.checkpoint import load_checkpoint, load_sae
+from aen_mini.io.checkpoint import load_checkpoint, load_sae
 
 HERE = Path(__file__).parent / "fixtures" / "pre_spine"
 EXPECTED = json.loads((HERE / "expected.json").read_text())
@@ -33,7 +33,7 @@ def test_old_checkpoint_loads_with_the_same_config_and_outputs(variant):
 
 
 def test_old_run_folder_reads_resumes_and_exports(tmp_path):
-    from aen_mini.__main__ import main
+    from aen_mini.run.cli import main
 
     folder = tmp_path / "run"
     shutil.copytree(HERE / "run_spiked_aen", folder)

@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from aen_mini.checkpoint import load_checkpoint, save_checkpoint
+from aen_mini.io.checkpoint import load_checkpoint, save_checkpoint
 from aen_mini.data.source import TensorSource
 from aen_mini.sae import make_sae
-from aen_mini.train import TrainConfig, train
+from aen_mini.train.loop import TrainConfig, train
 from crash_worker import compare, nothing_lost, train_with_kills
 
 

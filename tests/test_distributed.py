@@ -13,11 +13,11 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from aen_mini.checkpoint import load_checkpoint
+from aen_mini.io.checkpoint import load_checkpoint
 from aen_mini.data.source import TensorSource
-from aen_mini.distributed import DataParallel, LatentSharded, StridedSource, shard_sae
+from aen_mini.train.distributed import DataParallel, LatentSharded, StridedSource, shard_sae
 from aen_mini.sae import make_sae
-from aen_mini.train import TrainConfig, train
+from aen_mini.train.loop import TrainConfig, train
 
 WORLD = 2
 D_IN, D_SAE = 8, 32

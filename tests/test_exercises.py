@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from aen_mini.exercises import EXERCISES, Feedback, check
-from aen_mini.solve import solve_for_sae
+from aen_mini.book.exercises import EXERCISES, Feedback, check
+from aen_mini.eval.solve import solve_for_sae
 
 
 def relu_sae_forward(x, W_enc, b_enc, W_dec, b_dec):

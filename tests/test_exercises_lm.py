@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from aen_mini.exercises import check
+from aen_mini.book.exercises import check
 
 
 def spliced_activation(x, reconstruct):
@@ -33,7 +33,7 @@ def tokens_to_see(density, confidence):
 
 
 def plan_fits(d_in, d_sae, tokens, batch_size, gpu_gb):
-    from aen_mini.planning import plan_run
+    from aen_mini.run.planning import plan_run
 
     plan = plan_run(d_in, d_sae, tokens, batch_size, compute_dtype="bf16")
     return plan.total_gpu_gb <= gpu_gb, plan.hours_at["100 TFLOP/s"]

@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from aen_mini.calibrate import search_l1
-from aen_mini.exercises import check
+from aen_mini.eval.calibrate import search_l1
+from aen_mini.book.exercises import check
 
 
 def calibrate(measure_l0, target, l1_start, trials):
@@ -99,7 +99,7 @@ def test_a_stub_is_a_rejection_not_a_crash():
 
 
 def test_sae_objective_matches_the_amortisation_gap_objective():
-    from aen_mini.metrics import _sae_objective
+    from aen_mini.eval.metrics import _sae_objective
     from aen_mini.sae import make_sae
     sae = make_sae("aen", 4, 6, l1_coeff=0.2, l2_coeff=0.1)
     x, h = torch.randn(3, 4), torch.rand(3, 6)

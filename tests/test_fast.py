@@ -1,4 +1,4 @@
-"""The fast step (aen_mini.fast) against the plain fp32 path: the same loss and gradients in fp32, the same
+"""The fast step (aen_mini.train.fast) against the plain fp32 path: the same loss and gradients in fp32, the same
 optimiser step (clipping folded into fused Adam), no update on a non-finite loss, and a bf16 training run whose
 dead %, L0 and explained variance agree with the fp32 run."""
 import copy
@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from aen_mini.data.synthetic import SpikedSource
-from aen_mini.fast import FastStep, fast_loss
-from aen_mini.metrics import explained_variance
+from aen_mini.train.fast import FastStep, fast_loss
+from aen_mini.eval.metrics import explained_variance
 from aen_mini.sae import VARIANTS, make_sae
-from aen_mini.train import TrainConfig, train
+from aen_mini.train.loop import TrainConfig, train
 
 D, M = 12, 24
 

@@ -12,7 +12,7 @@ from aen_mini.data.activations import harvest
 from aen_mini.data.cache import CachedActivationSource, cache_activations
 from aen_mini.data.source import ActivationSource
 from aen_mini.data.text import model_tokens
-from aen_mini.features import activation_histogram, density_histogram, feature_stats, top_contexts_html
+from aen_mini.eval.features import activation_histogram, density_histogram, feature_stats, top_contexts_html
 from conftest import tiny_neox
 
 torch.set_num_threads(1)  # tiny models: threads only add contention on shared cores
@@ -87,7 +87,7 @@ def test_cache_round_trip_and_resume(neox, tokens, tmp_path):
 
 
 def test_dead_pct_by_window_counts_latents_not_yet_fired():
-    from aen_mini.features import dead_pct_by_window
+    from aen_mini.eval.features import dead_pct_by_window
 
     first = torch.tensor([0, 5, 99, 100])  # the last latent never fired in 100 tokens
     assert dead_pct_by_window(first, [1, 6, 100], n_rows=100) == [75.0, 50.0, 25.0]
@@ -98,7 +98,7 @@ def test_dead_pct_by_window_counts_latents_not_yet_fired():
 
 
 def test_first_fire_index_matches_a_direct_scan():
-    from aen_mini.features import first_fire_index
+    from aen_mini.eval.features import first_fire_index
     from aen_mini.sae import make_sae
 
     sae = make_sae("relu_l1", 8, 16, seed=0)

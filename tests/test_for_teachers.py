@@ -10,7 +10,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from aen_mini import student
+from aen_mini.book import student
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGE = ROOT / "book" / "for_teachers.md"

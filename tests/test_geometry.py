@@ -6,9 +6,9 @@ import math
 import pytest
 import torch
 
-from aen_mini.geometry import (activation_regions, active_set_lipschitz, adaptive_weights, code_path,
+from aen_mini.book.geometry import (activation_regions, active_set_lipschitz, adaptive_weights, code_path,
                                lipschitz_sweep, unit_atoms)
-from aen_mini.solve import lipschitz_bound
+from aen_mini.eval.solve import lipschitz_bound
 
 
 def test_regions_on_an_orthonormal_dictionary_are_the_closed_form_active_sets() -> None:
@@ -100,7 +100,7 @@ def test_bad_inputs_are_rejected() -> None:
 def test_rank_deficiency_does_not_depend_on_the_cpus_round_off(monkeypatch) -> None:
     """Some CPUs' LAPACK return 8e-20 instead of 0 for the zero singular value of two parallel atoms (issue 15):
     the answer must be inf on every machine, so emulate that round-off here."""
-    from aen_mini.metrics import active_gram_condition
+    from aen_mini.eval.metrics import active_gram_condition
 
     exact = torch.linalg.svdvals
 

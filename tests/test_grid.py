@@ -3,9 +3,9 @@ import pytest
 import torch
 
 from aen_mini.data.synthetic import spiked_dictionary
-from aen_mini.grid import GridConfig, GridRun, SpikedStreams, train_grid
+from aen_mini.train.grid import GridConfig, GridRun, SpikedStreams, train_grid
 from aen_mini.sae import make_sae
-from aen_mini.train import TrainConfig, train
+from aen_mini.train.loop import TrainConfig, train
 
 
 class ListSource:

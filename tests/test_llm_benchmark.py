@@ -18,7 +18,7 @@ FIELDS = ("model", "hook", "method", "target_l0", "l0", "calibration_converged",
 def test_benchmark_writes_every_record_field(tmp_path):
     from safetensors.torch import save_file
 
-    from aen_mini import smollm2
+    from aen_mini.lm import smollm2
 
     try:
         tokenizer = smollm2.load_tokenizer()

@@ -3,10 +3,10 @@ import math
 import pytest
 import torch
 
-from aen_mini import metrics
+from aen_mini.eval import metrics
 from aen_mini.data.synthetic import SpikedSource
 from aen_mini.sae import make_sae
-from aen_mini.solve import solve_sparse_codes
+from aen_mini.eval.solve import solve_sparse_codes
 
 T = torch.tensor
 

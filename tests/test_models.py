@@ -6,8 +6,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pytest
 import torch
 
-from aen_mini import models
-from aen_mini.models import LLAMA_SHAPED_LAYERS, load_model, shaped_config
+from aen_mini.lm import models
+from aen_mini.lm.models import LLAMA_SHAPED_LAYERS, load_model, shaped_config
 
 torch.set_num_threads(1)  # tiny models: threads only add contention on shared cores
 

@@ -10,13 +10,13 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from aen_mini.checkpoint import load_checkpoint, save_checkpoint
+from aen_mini.io.checkpoint import load_checkpoint, save_checkpoint
 from aen_mini.data.source import TensorSource
-from aen_mini.distributed import shard_sae
+from aen_mini.train.distributed import shard_sae
 from aen_mini.sae import VARIANTS, SAE, SAEConfig, make_sae, register_variant, sae_from_config
 from aen_mini.sae.collective import LOCAL_STATS
-from aen_mini.saelens import export_to_saelens, import_from_saelens
-from aen_mini.train import TrainConfig, train
+from aen_mini.io.saelens import export_to_saelens, import_from_saelens
+from aen_mini.train.loop import TrainConfig, train
 from aen_mini.validate import check_in_range
 
 

@@ -3,7 +3,7 @@
 Each notebook in notebooks/ is listed in _toc.yml and vice versa, and each one has
 - a markdown cell with an "Open in Colab" badge linking to its student edition on GitHub,
 - as its first code cell, the Colab install cell (a no-op outside Colab),
-  both generated from the one repository URL of _config.yml (aen_mini.links; `make student` writes them),
+  both generated from the one repository URL of _config.yml (aen_mini.book.links; `make student` writes them),
 - exactly one cell tagged ``config`` that sets ``SIZE = "ci"`` and a ``SIZES`` dict literal whose keys are
   ``"ci"`` and ``"full"``, each mapping to a dict literal with the same keys,
 - the ``python3`` kernel, so the book build and nbval run it with the interpreter they run under.
@@ -18,7 +18,7 @@ import nbformat
 import pytest
 import yaml
 
-from aen_mini.links import Repository
+from aen_mini.book.links import Repository
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"

@@ -1,6 +1,6 @@
 import pytest
 
-from aen_mini.planning import parse_count, plan_run
+from aen_mini.run.planning import parse_count, plan_run
 
 
 def test_paper_pythia_plan_by_hand():

@@ -14,8 +14,8 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
-from aen_mini.geometry import activation_regions, code_path, unit_atoms
-from aen_mini.plots import (FIG_WIDTH, METHOD_COLORS, html_table, sweep_table, method_color, plot_activation_regions, plot_atoms,
+from aen_mini.book.geometry import activation_regions, code_path, unit_atoms
+from aen_mini.book.plots import (FIG_WIDTH, METHOD_COLORS, html_table, sweep_table, method_color, plot_activation_regions, plot_atoms,
                             plot_code_magnitudes, plot_code_paths, plot_histogram, plot_lipschitz, plot_matched_l0,
                             plot_rho_sweep, plot_training_curves, plot_weight_trajectories, plot_weights_vs_usage)
 
@@ -92,7 +92,7 @@ def test_lipschitz_leaves_out_infinite_values() -> None:
 
 
 def test_geometry_explorer_has_three_sliders_and_checks_usage() -> None:
-    from aen_mini.widgets import geometry_explorer
+    from aen_mini.book.widgets import geometry_explorer
 
     D = unit_atoms([0, 120, 240])
     widget = geometry_explorer(D, usage=[1.0, 0.5, 0.1], resolution=11)
@@ -199,7 +199,7 @@ def test_html_table_rounds_escapes_and_aligns() -> None:
 
 
 def test_sweep_table_shows_mean_and_spread_per_method_and_rho() -> None:
-    from aen_mini.sweep import summarise
+    from aen_mini.experiments.sweep import summarise
 
     records = [{"method": "aen", "label": "AEN", "rho": 0.9, "seed": s, "l1_coeff": 0.08, "dead_pct": d}
                for s, d in enumerate([1.0, 3.0])]
@@ -213,7 +213,7 @@ def test_sweep_table_shows_mean_and_spread_per_method_and_rho() -> None:
 def test_book_style_keeps_interactive_mode_that_a_backend_turned_on() -> None:
     """Jupyter's inline backend turns interactive mode on while the first figure is drawn (inside the style's
     rc_context); if the context's exit turned it off again, no later figure of the notebook would be shown."""
-    from aen_mini.plots import _book_style
+    from aen_mini.book.plots import _book_style
 
     @_book_style
     def loads_a_backend() -> Figure:

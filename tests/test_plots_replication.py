@@ -5,7 +5,7 @@ matplotlib.use("Agg")
 
 import pytest  # noqa: E402
 
-from aen_mini.plots import METHOD_COLORS, method_color, plot_method_bars  # noqa: E402
+from aen_mini.book.plots import METHOD_COLORS, method_color, plot_method_bars  # noqa: E402
 
 
 def test_variants_share_their_family_colour_and_aen_stands_out():

@@ -10,11 +10,11 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from aen_mini.checkpoint import load_checkpoint, save_checkpoint
+from aen_mini.io.checkpoint import load_checkpoint, save_checkpoint
 from aen_mini.data.source import TensorSource
 from aen_mini.sae import VARIANTS, hyperparameter_names, make_sae, sae_from_config
-from aen_mini.solve import solve_sparse_codes
-from aen_mini.train import TrainConfig, train
+from aen_mini.eval.solve import solve_sparse_codes
+from aen_mini.train.loop import TrainConfig, train
 
 SETTINGS = settings(max_examples=int(__import__("os").environ.get("AEN_HYPOTHESIS_EXAMPLES", 30)), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 CLEAN = (ValueError, TypeError)

@@ -9,7 +9,7 @@ from aen_mini.data.source import TensorSource
 from aen_mini.data.synthetic import SpikedSource
 from aen_mini.sae import make_sae
 from aen_mini.sae.base import coefficients_for_scale
-from aen_mini.train import TrainConfig, train
+from aen_mini.train.loop import TrainConfig, train
 
 
 def test_authors_init_has_nn_linear_statistics():

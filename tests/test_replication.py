@@ -5,7 +5,7 @@ from dataclasses import replace
 
 import pytest
 
-import aen_mini.replication as R
+import aen_mini.experiments.replication as R
 
 REQUIRED = ("protocol", "method", "rho", "seed", "init", "l1_warmup", "aux", "steps", "batch_size", "target_l0", "l0",
             "calibration_converged", "dead_pct", "dead_window_samples", "ev", "support_f1", "firing_density")

@@ -4,7 +4,7 @@ import json
 import torch
 
 from aen_mini.data.synthetic import SpikedSource
-from aen_mini.metrics import Report, evaluate
+from aen_mini.eval.metrics import Report, evaluate
 from aen_mini.sae import make_sae
 
 

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from aen_mini.__main__ import main
-from aen_mini.checkpoint import load_sae
-from aen_mini.runs import RunConfig, run_training, warn_if_not_sparse
+from aen_mini.run.cli import main
+from aen_mini.io.checkpoint import load_sae
+from aen_mini.run.runs import RunConfig, run_training, warn_if_not_sparse
 
 SPIKED = dict(model="spiked", sae="aen", latents=64, tokens=32768, batch_size=256, lr=4e-3, rho=0.5, progress=False)
 

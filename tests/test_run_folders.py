@@ -10,14 +10,14 @@ from dataclasses import replace
 import pytest
 import torch
 
-from aen_mini.checkpoint import load_checkpoint, save_checkpoint
+from aen_mini.io.checkpoint import load_checkpoint, save_checkpoint
 from aen_mini.data.source import TensorSource
-from aen_mini.fast import FastStep
-from aen_mini.metrics import evaluate, evaluate_in_batches
-from aen_mini.runfolder import RunFolderError, RunFolderLock
-from aen_mini.runs import RunConfig, run_training, sae_metrics
+from aen_mini.train.fast import FastStep
+from aen_mini.eval.metrics import evaluate, evaluate_in_batches
+from aen_mini.run.runfolder import RunFolderError, RunFolderLock
+from aen_mini.run.runs import RunConfig, run_training, sae_metrics
 from aen_mini.sae import make_sae
-from aen_mini.train import TrainConfig, train
+from aen_mini.train.loop import TrainConfig, train
 
 SPIKED = dict(model="spiked", sae="aen", latents=32, tokens=2048, batch_size=256, rho=0.5, l1=1.0, progress=False)
 # the offline tiny GPT-NeoX at the smallest size that still trains: seconds per run
@@ -158,7 +158,7 @@ def test_held_out_evaluation_runs_in_batches_and_matches_the_whole_set():
 def test_a_results_config_json_resumes_its_run_from_the_command_line(tmp_path):
     """The book's resume command (`train --config runs/x/config.json --resume`): config.json's own records (data,
     sae_config, data_settings) are dropped when it is read back as settings."""
-    from aen_mini.__main__ import main
+    from aen_mini.run.cli import main
 
     out = run_training(spiked_run(tmp_path, checkpoint_every=4))
     assert main(["train", "--config", str(out / "config.json"), "--resume"]) == 0

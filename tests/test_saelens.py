@@ -13,9 +13,9 @@ from safetensors.torch import load_file, save_file
 
 from aen_mini.data.source import TensorSource
 from aen_mini.sae import VARIANTS, make_sae
-from aen_mini.saelens import (ARCHITECTURE_OF_VARIANT, CFG_FILENAME, WEIGHTS_FILENAME, export_to_saelens,
+from aen_mini.io.saelens import (ARCHITECTURE_OF_VARIANT, CFG_FILENAME, WEIGHTS_FILENAME, export_to_saelens,
                               import_from_saelens, read_saelens_config)
-from aen_mini.train import TrainConfig, train
+from aen_mini.train.loop import TrainConfig, train
 
 REPO = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).with_name("saelens_worker.py")

@@ -9,7 +9,7 @@ from importlib import metadata
 import pytest
 import torch
 
-from aen_mini import smollm2
+from aen_mini.lm import smollm2
 
 try:
     smollm2.gguf_path()
@@ -22,7 +22,7 @@ except (RuntimeError, ImportError) as err:  # pragma: no cover - depends on the 
 
 @pytest.fixture(scope="module")
 def model():
-    from aen_mini.models import load_model
+    from aen_mini.lm.models import load_model
 
     return load_model("smollm2-135m")
 
@@ -104,7 +104,7 @@ def test_cached_weights_equal_a_fresh_dequantisation():
 
 def test_hf_backend_matches_the_bridge(model):
     """The plain-transformers backend (GPU images without transformer-lens) gives the bridge's hook and logits."""
-    from aen_mini.models import load_model
+    from aen_mini.lm.models import load_model
 
     hf = load_model("smollm2-135m", backend="hf")
     assert hf.hook_names[15] == "blocks.15.hook_resid_post" and hf.d_model == 576

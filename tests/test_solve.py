@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from aen_mini.sae import make_sae
-from aen_mini.solve import kkt_residual, lipschitz_bound, solve_for_sae, solve_sparse_codes
+from aen_mini.eval.solve import kkt_residual, lipschitz_bound, solve_for_sae, solve_sparse_codes
 
 
 def _orthonormal(n, seed=0):

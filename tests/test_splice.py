@@ -10,9 +10,9 @@ from torch import nn
 
 from aen_mini.data.activations import ActivationNormalizer
 from aen_mini.data.text import TokenBatch, model_tokens
-from aen_mini.models import load_model
+from aen_mini.lm.models import load_model
 from conftest import tiny_neox
-from aen_mini.splice import spliced_metrics
+from aen_mini.eval.splice import spliced_metrics
 
 torch.set_num_threads(1)  # tiny models: threads only add contention on shared cores
 

@@ -1,6 +1,6 @@
 """Student editions: generated from the chapter notebooks, in sync with them, and free of solution code.
 
-Every exercise of every chapter is found by aen_mini.student.exercises (no list to maintain here): its
+Every exercise of every chapter is found by aen_mini.book.student.exercises (no list to maintain here): its
 stub (the student edition's function) must be rejected by its checker with a message, never a crash, and
 its reference solution in the source notebook must pass the same checker. Solution functions are run from
 their own cell: they may use only what that cell imports, plus torch and math.
@@ -15,9 +15,9 @@ import nbformat
 import pytest
 import torch
 
-from aen_mini import student
-from aen_mini.exercises import EXERCISES, check
-from aen_mini.links import STUDENT_DIR, Repository
+from aen_mini.book import student
+from aen_mini.book.exercises import EXERCISES, check
+from aen_mini.book.links import STUDENT_DIR, Repository
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = sorted((ROOT / "notebooks").glob("*.ipynb"))

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from aen_mini import sweep
-from aen_mini.sweep import SweepSize
+from aen_mini.experiments import sweep
+from aen_mini.experiments.sweep import SweepSize
 
 TINY = SweepSize(n=16, m=24, k=3, d_sae=24, batch_size=64, steps=150, calib_steps=150, calib_trials=6, pool=2048,
                  eval_samples=1024, lr=4e-3)

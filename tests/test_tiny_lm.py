@@ -6,8 +6,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
 
-from aen_mini import models
-from aen_mini.tiny_lm import train_tiny_lm
+from aen_mini.lm import models
+from aen_mini.lm.tiny_lm import train_tiny_lm
 
 torch.set_num_threads(1)
 

@@ -2,12 +2,12 @@
 import pytest
 import torch
 
-from aen_mini.checkpoint import load_checkpoint
+from aen_mini.io.checkpoint import load_checkpoint
 from aen_mini.data.source import TensorSource
 from aen_mini.data.synthetic import SpikedSource
-from aen_mini.metrics import dictionary_recovery
+from aen_mini.eval.metrics import dictionary_recovery
 from aen_mini.sae import make_sae
-from aen_mini.train import NonFiniteLossError, TrainConfig, train
+from aen_mini.train.loop import NonFiniteLossError, TrainConfig, train
 
 
 def small_run(steps=40, resume=None, callback=None, **cfg):

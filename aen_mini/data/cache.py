@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
-from aen_mini.atomic import atomic_save_safetensors, atomic_write_text
+from aen_mini.io.atomic import atomic_save_safetensors, atomic_write_text
 from aen_mini.data.activations import ActivationNormalizer, harvest
 from aen_mini.data.text import TokenBatch
 from aen_mini.validate import check_positive_int

@@ -248,5 +248,5 @@ def stream_contexts(stream: Iterable[int], fmt: ContextFormat, ctx_len: int, max
 
 def model_tokens(model: Any, source: str | os.PathLike | Sequence[str] = BUILTIN_CORPUS, ctx_len: int = 128,
                  max_contexts: int | None = None, **corpus_kwargs: Any) -> TokenBatch:
-    """Contexts for ``model`` (anything with ``.tokenizer`` and ``.context_format``, e.g. ``aen_mini.models``)."""
+    """Contexts for ``model`` (anything with ``.tokenizer`` and ``.context_format``, e.g. ``aen_mini.lm.models``)."""
     return tokenize_corpus(load_corpus(source, **corpus_kwargs), model.tokenizer, model.context_format, ctx_len, max_contexts)

@@ -67,7 +67,7 @@ class SAE(nn.Module):
     latent_state: ClassVar[dict[str, int]] = {"W_enc": 0, "b_enc": 0, "W_dec": 1, "tokens_since_fired": 0}
     # How each penalty term is completed across latent shards (collective.PENALTY_REDUCTIONS).
     penalty_reduction: ClassVar[dict[str, str]] = {}
-    # The SAELens inference architecture that computes the same map (aen_mini.saelens); see saelens_export.
+    # The SAELens inference architecture that computes the same map (aen_mini.io.saelens); see saelens_export.
     saelens_architecture: ClassVar[str] = "standard"
     l1_coeff: float = 0.0
     l2_coeff: float = 0.0

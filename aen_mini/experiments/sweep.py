@@ -2,13 +2,13 @@
 
 For each method and each rho the L1 strength is first calibrated (bisection on log l1) so that
 every method sits near the true sparsity L0 = k; TopK is given k directly. Then each (method, rho, seed) is
-trained once and scored with :func:`aen_mini.metrics.evaluate` on held-out samples with ground truth.
+trained once and scored with :func:`aen_mini.eval.metrics.evaluate` on held-out samples with ground truth.
 
 Training batches come from a pool of fresh spiked samples held on the training device (drawn once per
 (rho, seed) and shared by every method), because drawing spiked samples on the CPU is slower than an SAE step
 on a GPU. Evaluation uses a separate held-out sample with its true codes.
 
-Run it with ``python -m aen_mini.sweep --size ci|full --device cpu|cuda --out DIR`` (or benchmarks/synthetic.py).
+Run it with ``python -m aen_mini.experiments.sweep --size ci|full --device cpu|cuda --out DIR`` (or benchmarks/synthetic.py).
 """
 from __future__ import annotations
 
@@ -28,13 +28,13 @@ from typing import Any, Callable, Iterable
 import torch
 from tqdm.auto import tqdm
 
-from aen_mini.atomic import atomic_write_text
-from aen_mini.calibrate import search_l1
+from aen_mini.io.atomic import atomic_write_text
+from aen_mini.eval.calibrate import search_l1
 from aen_mini.data.source import TensorSource
 from aen_mini.data.synthetic import SpikedSource
-from aen_mini.metrics import dictionary_recovery, evaluate, l0
+from aen_mini.eval.metrics import dictionary_recovery, evaluate, l0
 from aen_mini.sae import SAE, make_sae
-from aen_mini.train import TrainConfig, train
+from aen_mini.train.loop import TrainConfig, train
 from aen_mini.validate import check_choice, check_positive_int
 
 __all__ = ["Method", "METHODS", "MAIN_METHODS", "SweepSize", "SIZES", "RHOS", "build_sae", "training_source", "held_out",
@@ -552,7 +552,7 @@ support F1 (which only needs the matching) stays informative.
 """
 
 
-def main(argv: list[str] | None = None, default_out: str = "book/results", prog: str = "python -m aen_mini.sweep") -> list[dict]:
+def main(argv: list[str] | None = None, default_out: str = "book/results", prog: str = "python -m aen_mini.experiments.sweep") -> list[dict]:
     """Command line: run the sweep, write DIR/synthetic.json (after every record) and DIR/synthetic.md."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])

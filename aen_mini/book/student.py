@@ -9,8 +9,8 @@ The source notebook (notebooks/NN_x.ipynb, built into the book, solutions folded
 
 The student edition (student/NN_x.ipynb) replaces each marked block by
 ``raise NotImplementedError("Exercise N.M: your code here")`` at the block's indentation and clears every
-output. ``python -m aen_mini.student`` (``make student``) also rewrites each source's Colab badge and install
-cell from _config.yml (aen_mini.links), then writes the student editions; ``--check`` only reports what is
+output. ``python -m aen_mini.book.student`` (``make student``) also rewrites each source's Colab badge and install
+cell from _config.yml (aen_mini.book.links), then writes the student editions; ``--check`` only reports what is
 out of date and exits 1 if anything is.
 """
 
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import nbformat
 
-from aen_mini.links import STUDENT_DIR, Repository
+from aen_mini.book.links import STUDENT_DIR, Repository
 
 __all__ = ["Exercise", "exercises", "strip_solution", "student_notebook", "sync_links", "main"]
 

@@ -2,7 +2,7 @@
 
 API (one line per exercise in a notebook)::
 
-    from aen_mini.exercises import check
+    from aen_mini.book.exercises import check
     check("elastic_net_prox", my_prox)      # -> Feedback: "correct: ..." or what is wrong, on which input
 
 Each checker takes the student's callable, runs it on several fixed inputs, compares with the reference
@@ -40,10 +40,10 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor
 
-from aen_mini.metrics import _sae_objective, amortisation_gap, dead_fraction, explained_variance
+from aen_mini.eval.metrics import _sae_objective, amortisation_gap, dead_fraction, explained_variance
 from aen_mini.sae import make_sae
 from aen_mini.sae.adaptive import AdaptiveL1Weights
-from aen_mini.solve import lipschitz_bound, solve_for_sae, solve_sparse_codes
+from aen_mini.eval.solve import lipschitz_bound, solve_for_sae, solve_sparse_codes
 
 __all__ = ["EXERCISES", "Feedback", "check", "exercise"]
 
@@ -621,4 +621,4 @@ def check_sae_objective(fn: Callable[..., Any]) -> Feedback:
 
 # The language-model chapters' checkers live in their own module and register here (imported last: they use the
 # machinery above).
-from aen_mini import exercises_lm as _exercises_lm  # noqa: E402,F401
+from aen_mini.book import exercises_lm as _exercises_lm  # noqa: E402,F401

@@ -16,10 +16,10 @@ from typing import Any, Callable
 import torch
 from tqdm.auto import tqdm
 
-from aen_mini.checkpoint import load_checkpoint
+from aen_mini.io.checkpoint import load_checkpoint
 from aen_mini.data.source import ActivationSource
-from aen_mini.distributed import SingleProcess
-from aen_mini.fast import FastStep
+from aen_mini.train.distributed import SingleProcess
+from aen_mini.train.fast import FastStep
 from aen_mini.sae import SAE
 from aen_mini.sae.base import INITS, StatReducer
 from aen_mini.validate import (check_activations, check_choice, check_in_range, check_nonnegative,
@@ -43,7 +43,7 @@ class TrainConfig:
     device: str = "cpu"
     precision: str = "fp32"  # "bf16": autocast matmuls to bfloat16, weights and optimiser stay fp32
     compile: bool = False  # torch.compile the loss (CUDA)
-    fast: bool = False  # aen_mini.fast.FastStep (one process): matmuls in `precision`, fused Adam; compiled + CUDA graph on CUDA
+    fast: bool = False  # aen_mini.train.fast.FastStep (one process): matmuls in `precision`, fused Adam; compiled + CUDA graph on CUDA
     init_b_dec: bool = True  # b_dec <- mean of the first batch, so the SAE starts centred on the data
     init: str = "ours"  # "authors": aen_mini.sae.base.INITS (untied nn.Linear init, b_dec = 0; init_b_dec ignored)
     l1_warmup_steps: int = 0  # the l1 and l2 terms scaled by min(1, (step + 1) / l1_warmup_steps); 0: no warm-up
@@ -157,7 +157,7 @@ def load_resumable(path: str | Path, sae: SAE, cfg: TrainConfig, data: dict[str,
     missing = [key for key in ("step", "history", "source") if key not in ckpt.train_state]
     if missing:
         raise ValueError(f"checkpoint {path} holds no trainer state ({', '.join(missing)} missing): it was saved "
-                         "without train_state, so its weights load (aen_mini.checkpoint.load_sae) but it cannot be resumed")
+                         "without train_state, so its weights load (aen_mini.io.checkpoint.load_sae) but it cannot be resumed")
     _check_resumable(path, ckpt.train_state.get("train_config"), cfg)
     _check_same_data(path, ckpt.train_state.get("data"), data)
     return ckpt
@@ -180,7 +180,7 @@ def train(sae: SAE, source: ActivationSource, cfg: TrainConfig, *,
           data: dict[str, Any] | None = None) -> TrainResult:
     """Train ``sae`` on batches from ``source``; resume from a checkpoint file if ``resume`` is given.
 
-    ``parallel``: None for one process, or a strategy from ``aen_mini.distributed`` (``DataParallel``,
+    ``parallel``: None for one process, or a strategy from ``aen_mini.train.distributed`` (``DataParallel``,
     ``LatentSharded``) under torchrun; then ``source`` is this rank's source, ``cfg.batch_size`` the global batch,
     and the returned SAE this rank's model (the whole SAE, or its latent shard).
     ``data``: JSON-serialisable settings that identify the activations (model, hook, corpus hash ...); recorded in

@@ -1,5 +1,5 @@
 """Training across processes with ``torch.distributed`` (launched by ``torchrun``): the strategies that the one
-trainer (``aen_mini.train.train``) calls through a handful of hooks.
+trainer (``aen_mini.train.loop.train``) calls through a handful of hooks.
 
 - ``SingleProcess``: the plain path, every hook the identity.
 - ``DataParallel``: every rank holds the whole SAE and its own slice of the global batch. Gradients are averaged
@@ -23,9 +23,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from aen_mini.checkpoint import save_checkpoint
+from aen_mini.io.checkpoint import save_checkpoint
 from aen_mini.data.source import ActivationSource
-from aen_mini.resample import resample_dead_latents
+from aen_mini.train.resample import resample_dead_latents
 from aen_mini.sae import SAE
 from aen_mini.sae.collective import LOCAL_STATS, PENALTY_REDUCTIONS, LatentComms, StatReducer
 from aen_mini.validate import check_choice, check_positive_int
@@ -216,7 +216,7 @@ class _FullOptimizer:
 class _DistributedStrategy(SingleProcess):
     def __init__(self, device: str | torch.device = "cpu") -> None:
         if not dist.is_initialized():
-            raise ValueError("torch.distributed is not initialised: call aen_mini.distributed.setup_from_env() first")
+            raise ValueError("torch.distributed is not initialised: call aen_mini.train.distributed.setup_from_env() first")
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
         self.is_main = self.rank == 0
         self.device = torch.device(device)

@@ -8,8 +8,8 @@ import matplotlib.pyplot as plt
 import torch
 from torch import Tensor
 
-from aen_mini.geometry import activation_regions, adaptive_weights
-from aen_mini.plots import plot_activation_regions
+from aen_mini.book.geometry import activation_regions, adaptive_weights
+from aen_mini.book.plots import plot_activation_regions
 
 __all__ = ["geometry_explorer"]
 

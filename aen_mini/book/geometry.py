@@ -1,7 +1,7 @@
 """Exact sparse codes over a low-dimensional input space: activation regions on a grid of the plane, code
 paths along a segment, and Lipschitz constants of the code map x -> h*(x).
 
-Every code here is an exact solve (aen_mini.solve) of
+Every code here is an exact solve (aen_mini.eval.solve) of
 
     min_{h >= 0}  1/2 ||x - D h||^2 + l1 sum_j w_j h_j + l2 ||h||^2.
 
@@ -19,9 +19,9 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from aen_mini.metrics import lipschitz_estimate
+from aen_mini.eval.metrics import lipschitz_estimate
 from aen_mini.sae.adaptive import AdaptiveL1Weights
-from aen_mini.solve import lipschitz_bound, rank_deficient, solve_sparse_codes
+from aen_mini.eval.solve import lipschitz_bound, rank_deficient, solve_sparse_codes
 from aen_mini.validate import check_activations, check_nonnegative, check_positive_int
 
 __all__ = [
@@ -190,7 +190,7 @@ def lipschitz_sweep(
     n_perturb: int = 16,
 ) -> dict[str, list[float]]:
     """For each l2: the bound ||D||/(lambda_min(DᵀD) + 2 l2), the finite-difference estimate at the rows
-    of x (max over random directions, aen_mini.metrics.lipschitz_estimate) and the exact slope over the
+    of x (max over random directions, aen_mini.eval.metrics.lipschitz_estimate) and the exact slope over the
     active sets met at x and its perturbations. Keys: l2, bound, measured, active_set."""
     check_activations(x, D.shape[0], name="x")
     sweep: dict[str, list[float]] = {"l2": [], "bound": [], "measured": [], "active_set": []}

@@ -7,7 +7,7 @@ model's gradient by its own norm, and applies each model's after-step (decoder r
 the adaptive EMA). On CUDA the whole step, data included, is captured as one CUDA graph: a 50k-step run is then
 bound by the GPU, not by Python. ``unstack`` writes the trained weights back into the SAE objects, so evaluation
 uses the same code as everything else. tests/test_grid.py checks that a grid trains each SAE exactly as
-``aen_mini.train.train`` does, for every variant family it supports.
+``aen_mini.train.loop.train`` does, for every variant family it supports.
 
 Supported: the ReLU family (relu_l1, elastic_net, adaptive_lasso, aen; one grid may mix them) or TopK (one k per
 grid, with or without AuxK). Not supported: BatchTopK (its threshold update syncs with the host), resampling,

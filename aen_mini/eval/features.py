@@ -6,7 +6,7 @@ those numbers: ``top_contexts_html`` (the contexts around a latent's top activat
 latent's activation, the top token outlined), ``density_histogram`` (log10 firing frequency over latents)
 and ``activation_histogram`` (one latent's nonzero activations). ``first_fire_index`` and ``dead_pct_by_window``
 show how "dead %" depends on the number of tokens it is counted over. They return data and HTML, not figures:
-drawing is ``aen_mini.plots``' job.
+drawing is ``aen_mini.book.plots``' job.
 """
 from __future__ import annotations
 

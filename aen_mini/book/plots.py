@@ -1,7 +1,7 @@
 """The book's figures and tables: each plot function draws one figure with matplotlib and returns the Figure.
 
 Functions that take `ax` draw into that Axes (and return its Figure) so figures can be composed; otherwise
-they create their own. Nothing here computes results: numbers come from aen_mini.metrics / geometry.
+they create their own. Nothing here computes results: numbers come from aen_mini.eval.metrics / geometry.
 
 Every figure is drawn for the book's text column (752 px wide at a 1280 px window, where a figure of
 FIG_WIDTH inches at 100 dpi is shown at most 1.3x smaller), with no font below 10 pt, so text reads at
@@ -28,8 +28,8 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 from torch import Tensor
 
-from aen_mini.geometry import ActivationRegions, CodePath
-from aen_mini.metrics import dictionary_recovery
+from aen_mini.book.geometry import ActivationRegions, CodePath
+from aen_mini.eval.metrics import dictionary_recovery
 
 __all__ = [
     "METHOD_COLORS",
@@ -198,7 +198,7 @@ def html_table(rows: Sequence[Mapping[str, Any]] | Sequence[Sequence[Any]], colu
 
 def sweep_table(summary: Sequence[Mapping[str, Any]], metrics: Sequence[str], *, caption: str,
                 digits: int = 3) -> Any:
-    """An HTML table of ``aen_mini.sweep.summarise`` rows (the book's replacement for printing
+    """An HTML table of ``aen_mini.experiments.sweep.summarise`` rows (the book's replacement for printing
     ``sweep.markdown_table``): method, rho, seeds, l1, then "mean ± std" over seeds for each metric."""
     missing = [f"{m}_mean" for m in metrics if summary and f"{m}_mean" not in summary[0]]
     if missing:
@@ -396,7 +396,7 @@ def plot_rho_sweep(summary: Sequence[Mapping[str, float]], metrics: Sequence[str
     """One panel per metric against rho, one line per method: the mean over seeds, with bars from the lowest to
     the highest seed (a standard deviation would hide a split between seeds that collapsed and seeds that did not).
 
-    `summary` holds rows of aen_mini.sweep.summarise: "method", "label", "rho", "<metric>_mean", "_min", "_max".
+    `summary` holds rows of aen_mini.experiments.sweep.summarise: "method", "label", "rho", "<metric>_mean", "_min", "_max".
     """
     rows = list(summary)
     if not rows:
@@ -492,7 +492,7 @@ def plot_weights_vs_usage(usage: Tensor, weights: Tensor, matched_cos: Tensor, t
 
 @_book_style
 def plot_histogram(hist: Mapping[str, object], title: str, ax: Axes | None = None) -> Figure:
-    """A histogram given as counts and bin edges (``aen_mini.features.density_histogram`` /
+    """A histogram given as counts and bin edges (``aen_mini.eval.features.density_histogram`` /
     ``activation_histogram``); a density histogram's never-firing latents are noted in the legend."""
     edges, counts = list(hist["edges"]), list(hist["counts"])
     if len(edges) != len(counts) + 1 or not counts:

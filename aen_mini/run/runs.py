@@ -18,13 +18,13 @@ from typing import Any
 
 import torch
 
-from aen_mini.atomic import atomic_write_text
-from aen_mini.checkpoint import load_checkpoint, load_sae
-from aen_mini.models import DEFAULT_OFFLINE_HOOK, DEFAULT_OFFLINE_MODEL
-from aen_mini.planning import parse_count
+from aen_mini.io.atomic import atomic_write_text
+from aen_mini.io.checkpoint import load_checkpoint, load_sae
+from aen_mini.lm.models import DEFAULT_OFFLINE_HOOK, DEFAULT_OFFLINE_MODEL
+from aen_mini.run.planning import parse_count
 from aen_mini.sae import SAE, hyperparameter_names, make_sae
-from aen_mini.runfolder import RunFolderLock, check_out_folder, clear_run
-from aen_mini.train import TrainConfig, load_resumable, train
+from aen_mini.run.runfolder import RunFolderLock, check_out_folder, clear_run
+from aen_mini.train.loop import TrainConfig, load_resumable, train
 from aen_mini.validate import (check_choice, check_device, check_in_range, check_nonnegative, check_nonnegative_int,
                                check_positive_int, check_seed)
 
@@ -217,7 +217,7 @@ class RunData:
     """What a run trains and evaluates on."""
 
     source: Any
-    model: Any = None  # aen_mini.models.LanguageModel, None for spiked data
+    model: Any = None  # aen_mini.lm.models.LanguageModel, None for spiked data
     eval_tokens: Any = None
     eval_activations: torch.Tensor | None = None  # held-out SAE inputs (normalised like training)
     label: str = ""
@@ -237,7 +237,7 @@ def build_data(cfg: RunConfig, rank: int = 0, world_size: int = 1) -> RunData:
     """The training source and held-out data for ``cfg``. Under data parallelism each of ``world_size`` ranks
     trains on its own shard: every world_size-th batch of the spiked stream, or every world_size-th context."""
     if cfg.model == SPIKED:
-        from aen_mini.distributed import StridedSource
+        from aen_mini.train.distributed import StridedSource
         from aen_mini.data.synthetic import SpikedSource
 
         source = SpikedSource(rho=cfg.rho, seed=cfg.seed)  # one dictionary for every rank
@@ -248,8 +248,8 @@ def build_data(cfg: RunConfig, rank: int = 0, world_size: int = 1) -> RunData:
                        settings={"model": SPIKED, "rho": cfg.rho})
     from aen_mini.data.activations import LMActivationSource, harvest
     from aen_mini.data.text import model_tokens
-    from aen_mini.distributed import DistContext
-    from aen_mini.models import load_model
+    from aen_mini.train.distributed import DistContext
+    from aen_mini.lm.models import load_model
 
     model = load_model(cfg.model, device=cfg.device)
     model.check_hook(cfg.hook)
@@ -277,7 +277,7 @@ def run_training(cfg: RunConfig, data: RunData | None = None, resume: bool = Fal
     Everything is checked before anything is written: the settings, the output folder (not a file, writable, not
     holding a run unless ``resume`` or ``overwrite``), the lock on it (one run per folder), and on resume that the
     checkpoint fits this SAE, trainer and data. config.json and metrics.json are written atomically."""
-    from aen_mini.distributed import setup_from_env
+    from aen_mini.train.distributed import setup_from_env
 
     if resume and overwrite:
         raise ValueError("give resume (continue the run in out) or overwrite (replace it), not both")
@@ -336,10 +336,10 @@ def _train_config(cfg: RunConfig, device: str, checkpoint: Path | None) -> Train
 
 
 def calibrate_l1(cfg: RunConfig, data: RunData, device: str) -> dict[str, Any]:
-    """Search l1 so that the held-out L0 is near ``cfg.target_l0`` (aen_mini.calibrate.search_l1): each trial is a
+    """Search l1 so that the held-out L0 is near ``cfg.target_l0`` (aen_mini.eval.calibrate.search_l1): each trial is a
     whole run of ``cfg`` (in memory, nothing written) from the same starting point, so the chosen l1 gives that L0
     when the run is trained again. Returns search_l1's record plus the target."""
-    from aen_mini.calibrate import search_l1
+    from aen_mini.eval.calibrate import search_l1
 
     state = data.source.state_dict()
     scale = float(data.eval_activations.float().norm(dim=1).mean()) / math.sqrt(data.source.d_in)
@@ -388,7 +388,7 @@ def warn_if_not_sparse(l0: float, latents: int, target_l0: float | None = None) 
 def sae_metrics(sae: SAE, x: torch.Tensor, batch_size: int = 4096) -> dict[str, float]:
     """Dead %, L0, EV, MSE and shrinkage of ``sae`` on held-out inputs ``x`` (in the SAE's input space), computed
     ``batch_size`` rows at a time so that memory holds one batch's codes, not the whole set's."""
-    from aen_mini.metrics import evaluate_in_batches
+    from aen_mini.eval.metrics import evaluate_in_batches
 
     was_training = sae.training
     sae.eval()
@@ -424,7 +424,7 @@ def read_results_config(results_dir: str | Path) -> RunConfig:
 def evaluate_run(results_dir: str | Path, device: str | None = None, batch_size: int = 8) -> dict[str, Any]:
     """Splice the run's SAE into its model (CE, KL, CE recovered; for encoders the embedding change) and write
     ``eval.json``."""
-    from aen_mini.splice import spliced_metrics
+    from aen_mini.eval.splice import spliced_metrics
 
     results_dir = Path(results_dir)
     cfg = read_results_config(results_dir)

@@ -1,11 +1,11 @@
 """The tiny-neox language model: a byte-level BPE tokenizer and a 4M-parameter GPT-NeoX, both trained here
 on the offline corpus, so that the book has a *trained* causal model without the Hugging Face hub.
 
-    train_tiny_lm("aen_mini/assets/tiny-neox", steps=800, device="cuda")    # ~15 s on an H100
+    train_tiny_lm("aen_mini/lm/assets/tiny-neox", steps=800, device="cuda")    # ~15 s on an H100
     train_tiny_lm("/tmp/tiny", steps=20, device="cpu")                        # smoke size
 
 The folder then holds ``model.safetensors`` (float16, ~8 MB), ``config.json``, the tokenizer files and
-``training.json`` (steps, losses, corpus); ``aen_mini.models.load_model("tiny-neox")`` reads it.
+``training.json`` (steps, losses, corpus); ``aen_mini.lm.models.load_model("tiny-neox")`` reads it.
 """
 from __future__ import annotations
 

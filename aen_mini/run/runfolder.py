@@ -5,7 +5,7 @@ replaced.
 file, writable, not already holding a run unless resumed or overwritten). ``RunFolderLock`` holds an exclusive
 ``fcntl.flock`` on ``OUT/.lock`` for the whole run; the file records who holds it (pid, host, start time), so a
 second process is refused with a message naming the first. While the lock is held, the folder's temporary files
-(``.NAME.tmp-PID`` from ``aen_mini.atomic``) can only be left over from a killed run: they are removed.
+(``.NAME.tmp-PID`` from ``aen_mini.io.atomic``) can only be left over from a killed run: they are removed.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from typing import Any
 LOCK_NAME = ".lock"
 # The files a run writes; a folder holding any of them holds a run.
 RUN_FILES = ("checkpoint.safetensors", "config.json", "metrics.json", "eval.json")
-_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.tmp-\d+$")  # aen_mini.atomic's temporary name
+_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.tmp-\d+$")  # aen_mini.io.atomic's temporary name
 
 
 class RunFolderError(ValueError):

@@ -1,6 +1,6 @@
 """Train an SAE from an activation cache under torchrun: the multi-process path without a model in the workers.
 
-    python -m torch.distributed.run --nproc-per-node 2 -m aen_mini.cache_run run.json CACHE_DIR held_out.safetensors
+    python -m torch.distributed.run --nproc-per-node 2 -m aen_mini.run.cache_run run.json CACHE_DIR held_out.safetensors
 
 ``run.json`` holds a ``RunConfig`` (its ``parallel`` picks data-parallel or latent-sharded; ``device`` cpu means
 gloo); ``CACHE_DIR`` is a folder written by ``aen_mini.data.cache.cache_activations``; the safetensors file holds
@@ -15,12 +15,12 @@ import json
 from pathlib import Path
 
 from aen_mini.data.cache import CachedActivationSource
-from aen_mini.distributed import StridedSource, setup_from_env
-from aen_mini.runs import RunConfig, RunData, run_training
+from aen_mini.train.distributed import StridedSource, setup_from_env
+from aen_mini.run.runs import RunConfig, RunData, run_training
 
 
 def main(argv: list[str] | None = None) -> Path:
-    p = argparse.ArgumentParser(prog="python -m aen_mini.cache_run", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m aen_mini.run.cache_run", description=__doc__.splitlines()[0])
     p.add_argument("config", help="RunConfig as JSON")
     p.add_argument("cache", help="folder written by cache_activations")
     p.add_argument("held_out", help="safetensors file with the normalised held-out rows under 'x'")

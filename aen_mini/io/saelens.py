@@ -17,7 +17,7 @@ aen_mini variant                                        SAELens         why
 
 SAELens stores ``W_enc (d_in, d_sae)`` and ``W_dec (d_sae, d_in)``, the transposes of ours; with
 ``apply_b_dec_to_input=True`` its encoder subtracts ``b_dec`` first, as ours does. The adaptive EMA, the firing
-counters and the warm-up position are training state and are not exported (use :mod:`aen_mini.checkpoint` to
+counters and the warm-up position are training state and are not exported (use :mod:`aen_mini.io.checkpoint` to
 resume training).
 
 Normalisation: an aen_mini SAE sees activations after the data pipeline's rescaling. ``normalize_activations``
@@ -40,8 +40,8 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
-from aen_mini.atomic import atomic_save_safetensors, atomic_write_text
-from aen_mini.checkpoint import load_sae_state
+from aen_mini.io.atomic import atomic_save_safetensors, atomic_write_text
+from aen_mini.io.checkpoint import load_sae_state
 from aen_mini.sae import SAE, VARIANTS, make_sae, sae_from_config, variant_class
 from aen_mini.validate import check_choice, check_positive_int
 

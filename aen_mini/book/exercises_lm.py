@@ -1,4 +1,4 @@
-"""Checkers for the language-model chapters (5 and 6); registered in ``aen_mini.exercises.EXERCISES``.
+"""Checkers for the language-model chapters (5 and 6); registered in ``aen_mini.book.exercises.EXERCISES``.
 
     5: spliced_activation(x, reconstruct) -> x_hat, the SAE's reconstruction mapped back to x's per-token scale
     5: dead_pct_by_window(first_fire, windows, n_rows) -> [dead % over the first w tokens, for each w]
@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 
 from aen_mini.data.activations import ActivationNormalizer
-from aen_mini.exercises import Feedback, _gen, _matches, _mismatch, _run_cases, exercise
-from aen_mini.features import dead_pct_by_window
-from aen_mini.planning import plan_run
+from aen_mini.book.exercises import Feedback, _gen, _matches, _mismatch, _run_cases, exercise
+from aen_mini.eval.features import dead_pct_by_window
+from aen_mini.run.planning import plan_run
 
 
 # --- chapter 5 ---------------------------------------------------------------------------------------------

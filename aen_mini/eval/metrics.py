@@ -13,7 +13,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
-from aen_mini.solve import rank_deficient, solve_for_sae
+from aen_mini.eval.solve import rank_deficient, solve_for_sae
 from aen_mini.validate import check_activations, check_positive_int
 
 __all__ = [

@@ -1,6 +1,6 @@
 """Issue 11: the authors' synthetic protocol reproduced, and a controlled study that gives every method the same options.
 
-Two protocols, one code path (``aen_mini.grid`` trains every cell of a protocol as one batched job):
+Two protocols, one code path (``aen_mini.train.grid`` trains every cell of a protocol as one batched job):
 
 * ``authors``: their init (untied nn.Linear, b_dec = 0), their loss scale (mean over batch and features, their
   lambdas as given), Adam lr 1e-3 constant, no clipping, batch 256 x 50,000 steps, reweighting from step 10,000 with
@@ -30,9 +30,9 @@ from typing import Any
 
 import torch
 
-from aen_mini.atomic import atomic_write_text
-from aen_mini.grid import GridConfig, GridRun, GridTrainer, SpikedStreams, train_grid
-from aen_mini.metrics import explained_variance, support_scores
+from aen_mini.io.atomic import atomic_write_text
+from aen_mini.train.grid import GridConfig, GridRun, GridTrainer, SpikedStreams, train_grid
+from aen_mini.eval.metrics import explained_variance, support_scores
 from aen_mini.sae import make_sae
 
 __all__ = ["Size", "SIZES", "Protocol", "PROTOCOLS", "Cell", "AUTHORS_GRID", "CONTROLLED_CELLS", "TARGET_L0",

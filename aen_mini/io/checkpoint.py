@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
-from aen_mini.atomic import atomic_save_safetensors
+from aen_mini.io.atomic import atomic_save_safetensors
 from aen_mini.sae import SAE, sae_from_config
 
 FORMAT = "aen-mini-checkpoint/2"  # /2: the checksum also covers the metadata, dtypes and shapes

@@ -1,0 +1,1 @@
+"""The book's code: figures, widgets, exercises, exact 2-D geometry, student editions, links."""

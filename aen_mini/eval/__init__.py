@@ -1,0 +1,1 @@
+"""Evaluation: metrics, the exact solver, L1 calibration, spliced LM metrics, feature dashboards."""

@@ -1,0 +1,1 @@
+"""Reading and writing files: atomic writes, checksummed checkpoints, the SAELens format."""

@@ -1,0 +1,1 @@
+"""Language models: the registry (online and offline), the tiny GPT-NeoX, the SmolLM2 loader."""
