@@ -95,8 +95,10 @@ def check_device(name: str, value: Any) -> str:
     return value
 
 
-def option(default: Any = None, help: str = "", *, default_factory: Any = None) -> Any:
-    """A config dataclass field with its help text, which the command line shows (aen_mini.run.cli)."""
+def option(default: Any = None, help: str = "", *, default_factory: Any = None, **metadata: Any) -> Any:
+    """A config dataclass field with its help text, which the command line shows (aen_mini.run.cli), and any other
+    facts about it (``metadata``, e.g. TrainConfig's ``trajectory``)."""
+    metadata = {"help": help, **metadata}
     if default_factory is not None:
-        return field(default_factory=default_factory, metadata={"help": help})
-    return field(default=default, metadata={"help": help})
+        return field(default_factory=default_factory, metadata=metadata)
+    return field(default=default, metadata=metadata)

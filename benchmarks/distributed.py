@@ -26,7 +26,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from aen_mini.train.distributed import setup_from_env  # noqa: E402
+from aen_mini.train.launch import setup_from_env  # noqa: E402
 from aen_mini.sae import make_sae  # noqa: E402
 from aen_mini.train.loop import TrainConfig, train  # noqa: E402
 

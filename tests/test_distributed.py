@@ -15,7 +15,9 @@ import torch.multiprocessing as mp
 
 from aen_mini.io.checkpoint import load_checkpoint
 from aen_mini.data.source import TensorSource
-from aen_mini.train.distributed import DataParallel, LatentSharded, StridedSource, shard_sae
+from aen_mini.data.strided import StridedSource
+from aen_mini.train.parallel import DataParallel
+from aen_mini.train.sharding import LatentSharded, shard_sae
 from aen_mini.sae import make_sae
 from aen_mini.train.loop import TrainConfig, train
 

@@ -12,7 +12,7 @@ import torch.distributed as dist
 
 from aen_mini.io.checkpoint import load_checkpoint, save_checkpoint
 from aen_mini.data.source import TensorSource
-from aen_mini.train.distributed import shard_sae
+from aen_mini.train.sharding import shard_sae
 from aen_mini.sae import VARIANTS, SAE, SAEConfig, make_sae, register_variant, sae_from_config
 from aen_mini.sae.collective import LOCAL_STATS
 from aen_mini.io.saelens import export_to_saelens, import_from_saelens

@@ -15,7 +15,8 @@ import json
 from pathlib import Path
 
 from aen_mini.data.cache import CachedActivationSource
-from aen_mini.train.distributed import StridedSource, setup_from_env
+from aen_mini.data.strided import StridedSource
+from aen_mini.train.launch import setup_from_env
 from aen_mini.run.runs import RunConfig, RunData, run_training
 
 

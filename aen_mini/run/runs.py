@@ -237,7 +237,7 @@ def build_data(cfg: RunConfig, rank: int = 0, world_size: int = 1) -> RunData:
     """The training source and held-out data for ``cfg``. Under data parallelism each of ``world_size`` ranks
     trains on its own shard: every world_size-th batch of the spiked stream, or every world_size-th context."""
     if cfg.model == SPIKED:
-        from aen_mini.train.distributed import StridedSource
+        from aen_mini.data.strided import StridedSource
         from aen_mini.data.synthetic import SpikedSource
 
         source = SpikedSource(rho=cfg.rho, seed=cfg.seed)  # one dictionary for every rank
@@ -248,7 +248,7 @@ def build_data(cfg: RunConfig, rank: int = 0, world_size: int = 1) -> RunData:
                        settings={"model": SPIKED, "rho": cfg.rho})
     from aen_mini.data.activations import LMActivationSource, harvest
     from aen_mini.data.text import model_tokens
-    from aen_mini.train.distributed import DistContext
+    from aen_mini.data.strided import rank_seed
     from aen_mini.lm.models import load_model
 
     model = load_model(cfg.model, device=cfg.device)
@@ -260,7 +260,7 @@ def build_data(cfg: RunConfig, rank: int = 0, world_size: int = 1) -> RunData:
     train_tokens, eval_tokens = tokens[:len(tokens) - cfg.eval_contexts], tokens[len(tokens) - cfg.eval_contexts:]
     source = LMActivationSource(model, train_tokens[rank::world_size], cfg.hook, buffer_rows=cfg.buffer_rows,
                                 contexts_per_chunk=cfg.contexts_per_chunk, normalize=cfg.normalize,
-                                seed=DistContext(rank=rank).rank_seed(cfg.seed), device=cfg.device)
+                                seed=rank_seed(cfg.seed, rank), device=cfg.device)
     held_out = harvest(model, eval_tokens, cfg.hook, batch_size=cfg.contexts_per_chunk).float()
     if source.normalizer is not None:
         held_out = source.normalizer.normalize(held_out)[0]
@@ -277,7 +277,7 @@ def run_training(cfg: RunConfig, data: RunData | None = None, resume: bool = Fal
     Everything is checked before anything is written: the settings, the output folder (not a file, writable, not
     holding a run unless ``resume`` or ``overwrite``), the lock on it (one run per folder), and on resume that the
     checkpoint fits this SAE, trainer and data. config.json and metrics.json are written atomically."""
-    from aen_mini.train.distributed import setup_from_env
+    from aen_mini.train.launch import setup_from_env
 
     if resume and overwrite:
         raise ValueError("give resume (continue the run in out) or overwrite (replace it), not both")

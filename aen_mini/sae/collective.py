@@ -1,6 +1,6 @@
 """What an SAE needs to know about the other processes, as two small interfaces whose one-process versions are the
 identity: ``StatReducer`` (running statistics over the global batch, read by ``after_step``) and ``LatentComms``
-(sums and selections over every latent, for an SAE that holds only a slice of them). ``aen_mini.train.distributed``
+(sums and selections over every latent, for an SAE that holds only a slice of them). ``aen_mini.train.parallel`` and ``aen_mini.train.sharding``
 supplies the multi-process versions; the variants never import ``torch.distributed``."""
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ def keep_top(pre: torch.Tensor, k: int) -> torch.Tensor:
 class StatReducer:
     """Turns statistics of what this process sees into statistics of the whole training step.
 
-    One process sees the whole batch and every latent, so each method is the identity; ``aen_mini.train.distributed``
+    One process sees the whole batch and every latent, so each method is the identity; ``aen_mini.train.parallel`` and ``aen_mini.train.sharding``
     supplies the data-parallel version (other processes hold other rows) and the latent-sharded one (other
     processes hold other latents)."""
 

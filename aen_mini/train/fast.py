@@ -1,5 +1,6 @@
-"""The fast training step: one optimiser step of any SAE variant with bf16 matmuls on fp32 master weights,
-compiled elementwise work, fused Adam, and (on CUDA) the whole step captured as one CUDA graph.
+"""The fused loss and the fast step (``Step(fused=True)``, aen_mini.train.step): one optimiser step of any SAE variant
+with bf16 matmuls on fp32 master weights, compiled elementwise work, fused Adam, and (on CUDA, one process) the whole
+step captured as one CUDA graph.
 
 What it changes against ``SAE.loss`` + ``loss.backward()`` + ``clip_grad_norm_`` + ``Adam.step`` + ``after_step``:
 
@@ -23,26 +24,10 @@ capture fails before anything runs, and the step goes on without the graph (``gr
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
-
 import torch
 
 from aen_mini.sae.base import SAE
-from aen_mini.validate import check_nonnegative, check_nonnegative_int
-
-WARMUP_STEPS = 3  # eager steps before capture: compilation, Adam's lazy state, cuBLAS workspaces
-# inductor modes that leave CUDA graphs to us (FastStep captures the whole step, optimiser included)
-COMPILE_MODES = (None, "default", "max-autotune-no-cudagraphs")
-
-
-@dataclass
-class StepOutput:
-    """What one training step returns: its loss terms (float32 scalars, ``"loss"`` their sum) and the batch's codes
-    (detached; what ``after_step`` counted and what the trainer logs L0 from)."""
-
-    terms: dict[str, torch.Tensor]
-    codes: torch.Tensor
+from aen_mini.train.step import COMPILE_MODES, WARMUP_STEPS, LossFn, Step, StepOutput
 
 
 class _CodesWithPenaltyGrad(torch.autograd.Function):
@@ -123,133 +108,25 @@ def prepare_fused_adam(optimizer: torch.optim.Optimizer) -> None:
                     state[key] = torch.empty_like(p, dtype=value.dtype).copy_(value)
 
 
-class FastStep:
-    """``step(x, lr) -> StepOutput``: one full training step of ``sae`` on batch ``x`` at learning rate ``lr``.
+def fused_loss(sae: SAE, dtype: torch.dtype = torch.bfloat16) -> LossFn:
+    """``loss_fn(x) -> (terms, codes)`` by ``fast_loss``: what the fused step differentiates."""
+    def loss(x: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        return fast_loss(sae, x, dtype)
+    return loss
 
-    ``compile`` and ``cuda_graph`` default to on for CUDA and off elsewhere. The returned terms are float32
-    scalars owned by the caller; the codes are valid until the next call (under a CUDA graph, a static buffer).
-    """
+
+class FastStep(Step):
+    """The fused step on its own (benchmarks, tests): ``Step(fused=True)`` around ``fast_loss``, with ``compile``
+    and ``cuda_graph`` on for CUDA and off elsewhere unless given. ``step(x, lr) -> StepOutput``."""
 
     def __init__(self, sae: SAE, optimizer: torch.optim.Optimizer, grad_clip: float = 1.0, *,
                  dtype: torch.dtype = torch.bfloat16, compile: bool | None = None, cuda_graph: bool | None = None,
                  compile_mode: str | None = None, warmup_steps: int = WARMUP_STEPS) -> None:
-        if dtype not in (torch.bfloat16, torch.float32):
-            raise ValueError(f"dtype must be torch.bfloat16 or torch.float32, got {dtype}")
-        self.sae, self.optimizer, self.dtype = sae, optimizer, dtype
-        self.grad_clip = check_nonnegative("grad_clip", grad_clip)
-        self.warmup_steps = check_nonnegative_int("warmup_steps", warmup_steps)
-        self.device = sae.W_dec.device
-        on_cuda = self.device.type == "cuda"
-        self.compile = on_cuda if compile is None else bool(compile)
-        self.cuda_graph = on_cuda if cuda_graph is None else bool(cuda_graph)
-        if self.cuda_graph and not on_cuda:
-            raise ValueError("cuda_graph=True needs the SAE on a CUDA device")
-        self.graph_disabled_reason: str | None = None
-        prepare_fused_adam(optimizer)
-        self.params = [p for group in optimizer.param_groups for p in group["params"]]
-        if compile_mode not in COMPILE_MODES:
-            raise ValueError(f"compile_mode must be one of {COMPILE_MODES}, got {compile_mode!r}")
-        self.compile_mode = compile_mode
-        loss: Callable = fast_loss
-        after_step: Callable = sae.after_step
-        if self.compile:
-            loss = torch.compile(loss, dynamic=False, mode=compile_mode)
-            after_step = torch.compile(after_step, dynamic=False, mode=compile_mode)
-        self._loss, self._after_step = loss, after_step
-        self._calls = 0
-        self._graph: torch.cuda.CUDAGraph | None = None
-
-    # --- the step body, shared by the eager and the captured path --------------------------------------
-    def _body(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.dtype == torch.bfloat16):
-            terms, h = self._loss(self.sae, x, self.dtype)
-        terms["loss"].backward()
-        if self.grad_clip:
-            # clip_grad_norm_ would rescale every gradient in place; fused Adam divides by grad_scale on the fly.
-            norm = torch.nn.utils.get_total_norm([p.grad for p in self.params])
-            self.optimizer.grad_scale = ((norm + 1e-6) / self.grad_clip).clamp_min(1.0)
-        # A non-finite loss skips the parameter update (fused Adam's found_inf), so the weights stay finite
-        # until the trainer's next check raises.
-        self.optimizer.found_inf = (~torch.isfinite(terms["loss"].detach())).float()
-        try:
-            self.optimizer.step()
-        finally:
-            self.optimizer.__dict__.pop("grad_scale", None)
-            self.optimizer.__dict__.pop("found_inf", None)
-        h = h.detach()
-        # after_step would fold the non-finite codes into the running state (the adaptive EMA, firing counters, step):
-        # keep the buffers as they were when the update is skipped, on the device (no host sync, graph-capturable).
-        buffers = list(self.sae.buffers())
-        before = [b.clone() for b in buffers]
-        self._after_step(h)
-        skipped = ~torch.isfinite(terms["loss"].detach())
-        for buffer, old in zip(buffers, before):
-            buffer.copy_(torch.where(skipped, old, buffer))
-        return terms, h
-
-    def _eager(self, x: torch.Tensor, lr: float):
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        self.optimizer.zero_grad(set_to_none=True)
-        terms, h = self._body(x)
-        return StepOutput({name: t.detach().float() for name, t in terms.items()}, h)
-
-    # --- the public call --------------------------------------------------------------------------------
-    def __call__(self, x: torch.Tensor, lr: float) -> StepOutput:
-        self._calls += 1
-        if not self.cuda_graph or self.graph_disabled_reason is not None:
-            return self._eager(x, lr)
-        if self._graph is None:
-            if self._calls <= self.warmup_steps:
-                return self._warmup(x, lr)
-            self._capture(x, lr)
-            if self._graph is None:  # capture failed; graph_disabled_reason says why
-                return self._eager(x, lr)
-        self._static_x.copy_(x, non_blocking=True)
-        self._lr.fill_(lr)
-        self._graph.replay()
-        return StepOutput(dict(zip(self._names, self._static_terms.clone().unbind())), self._static_codes)
-
-    # --- CUDA graph ---------------------------------------------------------------------------------------
-    def _warmup(self, x: torch.Tensor, lr: float) -> StepOutput:
-        """An eager step on a side stream, as capture requires (compilation, Adam's lazy state, cuBLAS workspaces)."""
-        side, main = torch.cuda.Stream(self.device), torch.cuda.current_stream(self.device)
-        side.wait_stream(main)
-        with torch.cuda.stream(side):
-            terms = self._eager(x, lr)
-        main.wait_stream(side)
-        return terms
-
-    def _capture(self, x: torch.Tensor, lr: float) -> None:
-        self._static_x = x.detach().clone()
-        # Adam reads the learning rate from this tensor, so a schedule only refills it between replays. The
-        # param groups get their float back after capture (checkpoints store them as JSON).
-        self._lr = torch.tensor(float(lr), dtype=torch.float32, device=self.device)
-        for group in self.optimizer.param_groups:
-            group["lr"] = self._lr
-        self.optimizer.zero_grad(set_to_none=True)  # backward allocates the gradients inside the graph's pool
-        graph = torch.cuda.CUDAGraph()
-        try:
-            # thread_local: a producer thread (PrefetchSource) may keep using CUDA while we capture.
-            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-                terms, self._static_codes = self._body(self._static_x)
-                self._names = list(terms)
-                self._static_terms = torch.stack([t.detach().float() for t in terms.values()])
-            self._graph = graph
-        except RuntimeError as err:  # nothing recorded during a failed capture has run
-            self.graph_disabled_reason = f"CUDA graph capture failed ({str(err)[:160]})"
-            self.optimizer.zero_grad(set_to_none=True)
-        finally:
-            for group in self.optimizer.param_groups:
-                group["lr"] = float(lr)
-
-    def describe(self) -> str:
-        """One line saying which optimisations are active."""
-        graph = "off" if not self.cuda_graph else (f"off ({self.graph_disabled_reason})" if self.graph_disabled_reason
-                                                    else "on")
-        compiled = ("on" + (f" ({self.compile_mode})" if self.compile_mode not in (None, "default") else "")
-                    if self.compile else "off")
-        return f"dtype={str(self.dtype).removeprefix('torch.')}, compile={compiled}, cuda_graph={graph}, fused Adam"
+        on_cuda = sae.W_dec.device.type == "cuda"
+        super().__init__(sae, optimizer, fused_loss(sae, dtype), grad_clip=grad_clip, dtype=dtype, fused=True,
+                         compile=on_cuda if compile is None else compile,
+                         cuda_graph=on_cuda if cuda_graph is None else cuda_graph, compile_mode=compile_mode,
+                         warmup_steps=warmup_steps)
 
 
-__all__ = ["COMPILE_MODES", "FastStep", "StepOutput", "fast_loss", "prepare_fused_adam"]
+__all__ = ["COMPILE_MODES", "FastStep", "StepOutput", "fast_loss", "fused_loss", "prepare_fused_adam"]

@@ -5,9 +5,7 @@ Variants differ only through their own ``loss`` and ``after_step``: nothing here
 """
 from __future__ import annotations
 
-import contextlib
 import json
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,84 +16,16 @@ from tqdm.auto import tqdm
 
 from aen_mini.io.checkpoint import load_checkpoint
 from aen_mini.data.source import ActivationSource
-from aen_mini.train.distributed import SingleProcess
-from aen_mini.train.fast import FastStep
 from aen_mini.sae import SAE
-from aen_mini.sae.base import INITS, StatReducer
-from aen_mini.validate import (check_activations, check_choice, check_in_range, check_nonnegative,
-                               check_nonnegative_int, check_positive_int, check_seed)
+from aen_mini.sae.collective import StatReducer
+from aen_mini.train.config import TRAJECTORY_FIELDS, TrainConfig
+from aen_mini.train.parallel import SingleProcess
+from aen_mini.train.step import StepOutput, make_step
+from aen_mini.validate import check_activations
 
 
 class NonFiniteLossError(ValueError):
     """The loss became NaN or inf; training stopped before writing the weights."""
-
-
-@dataclass
-class TrainConfig:
-    steps: int
-    batch_size: int = 4096
-    lr: float = 1e-3
-    lr_warmup_steps: int = 0
-    lr_decay_start: float = 1.0  # fraction of training after which lr decays linearly to 0 (1.0: no decay)
-    adam_betas: tuple[float, float] = (0.9, 0.999)
-    grad_clip: float | None = 1.0  # max gradient norm; None (the authors' synthetic setting) or 0 disables clipping
-    seed: int = 0
-    device: str = "cpu"
-    precision: str = "fp32"  # "bf16": autocast matmuls to bfloat16, weights and optimiser stay fp32
-    compile: bool = False  # torch.compile the loss (CUDA)
-    fast: bool = False  # aen_mini.train.fast.FastStep (one process): matmuls in `precision`, fused Adam; compiled + CUDA graph on CUDA
-    init_b_dec: bool = True  # b_dec <- mean of the first batch, so the SAE starts centred on the data
-    init: str = "ours"  # "authors": aen_mini.sae.base.INITS (untied nn.Linear init, b_dec = 0; init_b_dec ignored)
-    l1_warmup_steps: int = 0  # the l1 and l2 terms scaled by min(1, (step + 1) / l1_warmup_steps); 0: no warm-up
-    resample_every: int = 0  # steps between dead-latent resamplings; 0: never
-    log_every: int = 100
-    checkpoint_every: int = 0
-    checkpoint_path: str | None = None
-    progress: bool = True
-
-    def __post_init__(self) -> None:
-        check_positive_int("steps", self.steps)
-        check_positive_int("batch_size", self.batch_size)
-        check_in_range("lr", self.lr, 0.0, 1.0, low_open=True)
-        check_nonnegative_int("lr_warmup_steps", self.lr_warmup_steps)
-        check_in_range("lr_decay_start", self.lr_decay_start, 0.0, 1.0)
-        if not isinstance(self.adam_betas, (tuple, list)) or len(self.adam_betas) != 2:
-            raise ValueError(f"adam_betas must be a pair (beta1, beta2), each in [0, 1), got {self.adam_betas!r}")
-        self.adam_betas = tuple(check_in_range("adam_betas", b, 0.0, 1.0, high_open=True) for b in self.adam_betas)
-        if self.grad_clip is not None:
-            check_nonnegative("grad_clip", self.grad_clip)
-        check_choice("init", self.init, INITS)
-        check_nonnegative_int("l1_warmup_steps", self.l1_warmup_steps)
-        if self.fast and self.l1_warmup_steps:
-            raise ValueError("l1_warmup_steps needs the standard step (fast=False): the fast step's graph fixes the penalty")
-        check_choice("precision", self.precision, ["fp32", "bf16"])
-        check_seed("seed", self.seed)
-        try:
-            torch.device(self.device)
-        except (RuntimeError, TypeError):
-            raise ValueError(f"device must name a torch device ('cpu', 'cuda', 'cuda:1', 'mps'), got {self.device!r}") from None
-        for flag in ("compile", "fast", "init_b_dec", "progress"):
-            if not isinstance(getattr(self, flag), bool):
-                raise TypeError(f"{flag} must be True or False, got {getattr(self, flag)!r}")
-        if self.checkpoint_path is not None and not isinstance(self.checkpoint_path, (str, Path)):
-            raise TypeError(f"checkpoint_path must be a str or Path, got {type(self.checkpoint_path).__name__}")
-        check_nonnegative_int("resample_every", self.resample_every)
-        check_positive_int("log_every", self.log_every)
-        check_nonnegative_int("checkpoint_every", self.checkpoint_every)
-        if self.checkpoint_every and not self.checkpoint_path:
-            raise ValueError("checkpoint_every is set but checkpoint_path is not")
-
-    def lr_at(self, step: int) -> float:
-        """Linear warm-up, constant, then linear decay to 0 over the last (1 - lr_decay_start) of training."""
-        scale = min(1.0, (step + 1) / self.lr_warmup_steps) if self.lr_warmup_steps else 1.0
-        decay_from = int(self.lr_decay_start * self.steps)
-        if step >= decay_from and decay_from < self.steps:
-            scale *= (self.steps - step) / (self.steps - decay_from)
-        return self.lr * scale
-
-    def penalty_scale_at(self, step: int) -> float:
-        """The l1/l2 warm-up factor at ``step`` (0-based): linear from 1/l1_warmup_steps to 1, then 1."""
-        return min(1.0, (step + 1) / self.l1_warmup_steps) if self.l1_warmup_steps else 1.0
 
 
 @dataclass
@@ -109,12 +39,6 @@ def _train_state(step: int, source: ActivationSource, history: list[dict[str, fl
                  data: dict[str, Any] | None) -> dict[str, Any]:
     state = {"step": step, "source": source.state_dict(), "history": history, "train_config": asdict(cfg)}
     return state if data is None else {**state, "data": data}
-
-
-# TrainConfig fields that change what a run computes; the others (device, logging, checkpointing, progress, compile)
-# may differ between the run that wrote a checkpoint and the run that resumes it.
-TRAJECTORY_FIELDS = ("steps", "batch_size", "lr", "lr_warmup_steps", "lr_decay_start", "adam_betas", "grad_clip", "seed",
-                     "resample_every", "init_b_dec", "precision", "fast", "init", "l1_warmup_steps")
 
 
 def _check_resumable(path: str | Path, saved: dict[str, Any] | None, cfg: TrainConfig) -> None:
@@ -180,8 +104,8 @@ def train(sae: SAE, source: ActivationSource, cfg: TrainConfig, *,
           data: dict[str, Any] | None = None) -> TrainResult:
     """Train ``sae`` on batches from ``source``; resume from a checkpoint file if ``resume`` is given.
 
-    ``parallel``: None for one process, or a strategy from ``aen_mini.train.distributed`` (``DataParallel``,
-    ``LatentSharded``) under torchrun; then ``source`` is this rank's source, ``cfg.batch_size`` the global batch,
+    ``parallel``: None for one process, or a strategy (``aen_mini.train.parallel.DataParallel``,
+    ``aen_mini.train.sharding.LatentSharded``) under torchrun; then ``source`` is this rank's source, ``cfg.batch_size`` the global batch,
     and the returned SAE this rank's model (the whole SAE, or its latent shard).
     ``data``: JSON-serialisable settings that identify the activations (model, hook, corpus hash ...); recorded in
     every checkpoint, and a resume on different ones is refused."""
@@ -211,18 +135,11 @@ def train(sae: SAE, source: ActivationSource, cfg: TrainConfig, *,
     optimizer = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=cfg.adam_betas)
     if optimizer_state is not None:
         optimizer.load_state_dict(parallel.local_optimizer_state(sae, optimizer_state))
-    fast_step = None
-    if cfg.fast:
-        if type(parallel) is not SingleProcess:
-            raise ValueError("fast=True trains in one process; drop it or the parallel strategy")
-        fast_step = FastStep(sae, optimizer, cfg.grad_clip or 0.0, dtype=torch.bfloat16 if cfg.precision == "bf16" else torch.float32)
-
-    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if cfg.precision == "bf16"
-                else contextlib.nullcontext())
-    # The eager step must check every step, so that a NaN loss never reaches the weights; on the CPU that check is
-    # free. The fast step skips a non-finite update on the device (fused Adam's found_inf, buffers restored), so on
-    # a GPU it checks once per log window instead of stalling the pipeline every step.
-    check_every = 1 if device.type == "cpu" or fast_step is None else cfg.log_every
+    step_fn = make_step(sae, optimizer, loss_fn, cfg, parallel)
+    # The plain step checks every loss on the host before updating, so a NaN never reaches the weights. The fused
+    # step skips a non-finite update on the device (fused Adam's found_inf, buffers restored), so on a GPU it is
+    # checked once per log window instead of stalling the pipeline every step.
+    check_every = cfg.log_every if cfg.fast and device.type != "cpu" else 1
     pending: list[torch.Tensor] = []
     t0, tokens_at_t0 = time.perf_counter(), start * cfg.batch_size
     bar = tqdm(total=cfg.steps, initial=start, disable=not (cfg.progress and parallel.is_main), unit="step",
@@ -237,25 +154,11 @@ def train(sae: SAE, source: ActivationSource, cfg: TrainConfig, *,
         elif step == 0 and cfg.init_b_dec:
             with torch.no_grad():
                 sae.b_dec.copy_(parallel.stats.batch_mean(x.float().mean(0)))
-        if fast_step is not None:  # forward, backward, clipping, Adam and after_step in one call
-            out = fast_step(x, cfg.lr_at(step))
-            terms, codes = out.terms, out.codes
-        else:
-            for group in optimizer.param_groups:
-                group["lr"] = cfg.lr_at(step)
-            sae.penalty_scale = cfg.penalty_scale_at(step)
-            with autocast:
-                terms, codes = loss_fn(x)
-        pending.append(terms["loss"].detach())
+        sae.penalty_scale = cfg.penalty_scale_at(step)
+        out = step_fn(x, cfg.lr_at(step))  # forward, backward, clipping, Adam and after_step
+        pending.append(out.terms["loss"])
         if (step + 1) % check_every == 0 or step + 1 == cfg.steps:
             _raise_if_nonfinite(pending, step)
-        if fast_step is None:
-            optimizer.zero_grad(set_to_none=True)
-            terms["loss"].backward()
-            if cfg.grad_clip:
-                parallel.clip_grad_norm_(sae, cfg.grad_clip)
-            optimizer.step()
-            sae.after_step(codes, parallel.stats)
         if cfg.resample_every and (step + 1) % cfg.resample_every == 0:
             _raise_if_nonfinite(pending, step)  # resampling from a NaN batch would write NaN into the weights
             parallel.resample(sae, x, optimizer, seed=cfg.seed * 1_000_003 + step)
@@ -264,7 +167,7 @@ def train(sae: SAE, source: ActivationSource, cfg: TrainConfig, *,
         if done % cfg.log_every == 0 or done == cfg.steps:
             _raise_if_nonfinite(pending, step)
             elapsed = time.perf_counter() - t0
-            record = _log_record(sae, terms, codes, done, cfg, (done * cfg.batch_size - tokens_at_t0) / max(elapsed, 1e-9),
+            record = _log_record(sae, out, done, cfg, (done * cfg.batch_size - tokens_at_t0) / max(elapsed, 1e-9),
                                  parallel.stats)
             history.append(record)
             bar.set_postfix(loss=f"{record['loss']:.4g}", l0=f"{record['l0']:.1f}",
@@ -291,8 +194,9 @@ def _raise_if_nonfinite(pending: list[torch.Tensor], step: int) -> None:
                                  "updated with it (lower the learning rate or check the activations)")
 
 
-def _log_record(sae: SAE, terms: dict[str, torch.Tensor], h: torch.Tensor, step: int, cfg: TrainConfig, tokens_per_s: float,
+def _log_record(sae: SAE, out: StepOutput, step: int, cfg: TrainConfig, tokens_per_s: float,
                 reduce: StatReducer) -> dict[str, float]:
+    terms, h = out.terms, out.codes
     l0 = reduce.latent_sum((h > 0).float().sum(-1).mean())
     stats = torch.cat([reduce.batch_mean(torch.stack([*(v.detach().float() for v in terms.values()), l0])),
                        reduce.latent_mean(sae.dead_mask().float().mean() * 100).view(1)]).tolist()
