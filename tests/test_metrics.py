@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from aen_mini.eval import metrics
+from aen_mini.eval import metrics, recovery
 from aen_mini.data.synthetic import SpikedSource
 from aen_mini.sae import make_sae
 from aen_mini.eval.solve import solve_sparse_codes
@@ -73,18 +73,18 @@ def test_dictionary_recovery_of_a_permuted_copy():
     g = torch.Generator().manual_seed(0)
     D_true = torch.randn(10, 6, generator=g)
     perm = torch.randperm(6, generator=g)
-    recovery = metrics.dictionary_recovery(D_true, 3.0 * D_true[:, perm])
-    assert recovery["mean_cos"] == pytest.approx(1.0) and recovery["frac_above"] == 1.0
-    assert torch.equal(perm[recovery["matching"]], torch.arange(6))
+    result = recovery.dictionary_recovery(D_true, 3.0 * D_true[:, perm])
+    assert result["mean_cos"] == pytest.approx(1.0) and result["frac_above"] == 1.0
+    assert torch.equal(perm[result["matching"]], torch.arange(6))
 
 
 def test_dictionary_recovery_counts_sign_flips_and_missing_atoms():
     D_true = torch.eye(3)
     # Signed cosine, not |cos|: -e1 is no match for e1, so e1 takes the orthogonal e3 (cos 0 beats -1).
-    flipped = metrics.dictionary_recovery(D_true[:, :2], -D_true * T([1.0, -1.0, -1.0]))
+    flipped = recovery.dictionary_recovery(D_true[:, :2], -D_true * T([1.0, -1.0, -1.0]))
     assert flipped["matching"].tolist() == [2, 1]
     assert flipped["mean_cos"] == pytest.approx(0.5) and flipped["frac_above"] == 0.5
-    fewer = metrics.dictionary_recovery(D_true, T([[0.0], [1.0], [0.0]]))
+    fewer = recovery.dictionary_recovery(D_true, T([[0.0], [1.0], [0.0]]))
     assert fewer["matching"].tolist() == [-1, 0, -1] and fewer["mean_cos"] == pytest.approx(1 / 3)
 
 

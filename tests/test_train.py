@@ -5,7 +5,7 @@ import torch
 from aen_mini.io.checkpoint import load_checkpoint
 from aen_mini.data.source import TensorSource
 from aen_mini.data.synthetic import SpikedSource
-from aen_mini.eval.metrics import dictionary_recovery
+from aen_mini.eval.recovery import dictionary_recovery
 from aen_mini.sae import make_sae
 from aen_mini.train.loop import NonFiniteLossError, TrainConfig, train
 

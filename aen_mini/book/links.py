@@ -60,5 +60,5 @@ class Repository:
             'if "google.colab" in sys.modules:\n'
             '    wheels = sorted(glob.glob("/content/aen_mini-*.whl"))\n'
             f'    source = f"file://{{wheels[-1]}}" if wheels else "git+{self.url}@{self.branch}"\n'
-            '    !pip install -q "aen-mini[llm] @ {source}"'
+            '    !pip install -q "aen-mini[llm,book] @ {source}"'
         )

@@ -29,7 +29,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 from torch import Tensor
 
 from aen_mini.book.geometry import ActivationRegions, CodePath
-from aen_mini.eval.metrics import dictionary_recovery
+from aen_mini.eval.recovery import dictionary_recovery
 
 __all__ = [
     "METHOD_COLORS",
@@ -256,7 +256,7 @@ def plot_training_curves(
 
 @_book_style
 def plot_atoms(D_true: Tensor, D_learned: Tensor, threshold: float = 0.9) -> Figure:
-    """Learned vs true atoms after the one-to-one matching of metrics.dictionary_recovery.
+    """Learned vs true atoms after the one-to-one matching of recovery.dictionary_recovery.
 
     Left: cosines between the true atoms and their matched learned atoms (a clean diagonal is perfect
     recovery). Right: histogram of each true atom's matched cosine, with the recovery threshold.

@@ -1,5 +1,8 @@
 """Every number the book and the benchmarks report, as plain functions of tensors (Python floats out).
 
+Torch only: the Hungarian matching of learned to true atoms needs scipy and lives in aen_mini.eval.recovery,
+imported by ``evaluate`` only when a true dictionary is given.
+
 Conventions: codes h are (B, m) with a latent "firing" when h != 0; dictionaries are (n, m) with atoms as
 columns; reconstruction errors are summed over features and averaged over the batch, as in the SAE loss.
 """
@@ -10,7 +13,6 @@ import math
 from typing import Any, Callable
 
 import torch
-from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
 from aen_mini.eval.solve import rank_deficient, solve_for_sae
@@ -21,7 +23,6 @@ __all__ = [
     "amortisation_gap",
     "code_mse",
     "dead_fraction",
-    "dictionary_recovery",
     "evaluate",
     "evaluate_in_batches",
     "explained_variance",
@@ -164,31 +165,6 @@ def active_gram_condition(D: Tensor, h: Tensor) -> float:
         else:
             conds.append((singular[0] / singular[-1]).item() ** 2)
     return sum(conds) / len(conds) if conds else math.nan
-
-
-def dictionary_recovery(D_true: Tensor, D_learned: Tensor, threshold: float = 0.9) -> dict[str, Any]:
-    """How well learned atoms recover the true ones, after a one-to-one Hungarian matching.
-
-    The matching maximises the total signed cosine (not |cos|): with nonnegative codes an atom and its
-    negation are different features. Returns `mean_cos` (in [-1, 1]) and `frac_above` (share of true atoms
-    with matched cos >= threshold, in [0, 1]), `matched_cos` (m_true,) and `matching` (m_true,) long: the
-    learned latent matched to each true atom, -1 when there are fewer learned atoms (scored cos 0).
-    """
-    true_atoms, learned_atoms = _dictionary("D_true", D_true), _dictionary("D_learned", D_learned)
-    if true_atoms.shape[0] != learned_atoms.shape[0]:
-        raise ValueError(f"D_true has {true_atoms.shape[0]} rows but D_learned has {learned_atoms.shape[0]}")
-    cos = (true_atoms.T @ learned_atoms).cpu()
-    rows, cols = linear_sum_assignment(cos.numpy(), maximize=True)
-    matching = torch.full((cos.shape[0],), -1, dtype=torch.long)
-    matching[torch.as_tensor(rows)] = torch.as_tensor(cols, dtype=torch.long)
-    matched_cos = torch.zeros(cos.shape[0], dtype=torch.float64)
-    matched_cos[torch.as_tensor(rows)] = cos[rows, cols]
-    return {
-        "mean_cos": matched_cos.mean().item(),
-        "frac_above": (matched_cos >= threshold).double().mean().item(),
-        "matched_cos": matched_cos,
-        "matching": matching,
-    }
 
 
 def _codes_in_true_basis(codes_true: Tensor, h: Tensor, matching: Tensor) -> tuple[Tensor, Tensor]:
@@ -343,6 +319,8 @@ def evaluate(sae: Any, x: Tensor, codes_true: Tensor | None = None, D_true: Tens
         "usage_entropy": usage_entropy(h, normalise=True),
     }
     if D_true is not None:
+        from aen_mini.eval.recovery import dictionary_recovery  # scipy, needed only with a ground truth
+
         recovery = dictionary_recovery(D_true, sae.W_dec.detach())
         report["recovery_mean_cos"] = recovery["mean_cos"]
         report["recovery_frac_above"] = recovery["frac_above"]

@@ -32,7 +32,8 @@ from aen_mini.io.atomic import atomic_write_text
 from aen_mini.eval.calibrate import search_l1
 from aen_mini.data.source import TensorSource
 from aen_mini.data.synthetic import SpikedSource
-from aen_mini.eval.metrics import dictionary_recovery, evaluate, l0
+from aen_mini.eval.metrics import evaluate, l0
+from aen_mini.eval.recovery import dictionary_recovery
 from aen_mini.sae import SAE, make_sae
 from aen_mini.train.loop import TrainConfig, train
 from aen_mini.validate import check_choice, check_positive_int

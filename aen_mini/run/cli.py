@@ -138,6 +138,7 @@ def _parser() -> argparse.ArgumentParser:
     tl.add_argument("--out", default=None, help="folder for the model (default: the package's assets folder)")
     tl.add_argument("--steps", type=int, default=3000, help="training steps")
     tl.add_argument("--device", default="cpu", help="torch device")
+    # Listed for --help; aen_mini/__main__.py runs it (an experiment: the run layer does not import experiments).
     commands.add_parser("sweep", help="the synthetic starvation sweep (python -m aen_mini sweep --help)", add_help=False)
     return parser
 
@@ -148,11 +149,6 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["sweep"]:
-        from aen_mini.experiments.sweep import main as sweep_main
-
-        sweep_main(argv[1:])
-        return 0
     args = _parser().parse_args(argv)
     previous = warnings.showwarning
     warnings.showwarning = _one_line_warning
