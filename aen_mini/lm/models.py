@@ -197,12 +197,12 @@ class HFHookedModel:
     decoder layers give ``blocks.{i}.hook_resid_post`` (the layer's output hidden state, as the bridge names it).
 
     For machines without transformer-lens (e.g. a GPU image); ``load_model(..., backend="hf")`` builds one.
-    Llama-style models only (``model.model.layers``); only the resid_post hooks exist.
+    Decoder stacks under ``base_model.layers`` (Llama, GPT-NeoX); only the resid_post hooks exist.
     """
 
     def __init__(self, info: ModelInfo, hf_model: Any, tokenizer: Any, context_format: ContextFormat) -> None:
         self.info, self.hf_model, self.tokenizer, self.context_format = info, hf_model, tokenizer, context_format
-        self.layers = hf_model.model.layers
+        self.layers = hf_model.base_model.layers
         self.n_layers = len(self.layers)
         self.d_model = int(hf_model.config.hidden_size)
         self.hook_names: tuple[str, ...] = tuple(f"blocks.{i}.hook_resid_post" for i in range(self.n_layers))

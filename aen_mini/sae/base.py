@@ -67,6 +67,9 @@ class SAE(nn.Module):
     latent_state: ClassVar[dict[str, int]] = {"W_enc": 0, "b_enc": 0, "W_dec": 1, "tokens_since_fired": 0}
     # How each penalty term is completed across latent shards (collective.PENALTY_REDUCTIONS).
     penalty_reduction: ClassVar[dict[str, str]] = {}
+    # Matmuls of 2 d_in d_sae FLOP per token in one training step (aen_mini.run.planning.flop_per_token): encoder
+    # and decoder, each forward, input gradient and weight gradient.
+    matmuls_per_token: ClassVar[int] = 6
     # The SAELens inference architecture that computes the same map (aen_mini.io.saelens); see saelens_export.
     saelens_architecture: ClassVar[str] = "standard"
     l1_coeff: float = 0.0

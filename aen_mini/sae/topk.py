@@ -36,6 +36,7 @@ class TopK(SAE):
     variant = "topk"
     config_class = TopKConfig
     penalty_reduction = {"aux": "global"}  # through decode_atoms, already summed over every latent
+    matmuls_per_token = 9  # AuxK decodes the dead latents' codes again: one more decoder matmul and its two gradients
     saelens_architecture = "topk"
 
     def activation(self, pre: torch.Tensor) -> torch.Tensor:
