@@ -17,7 +17,7 @@ def test_train_on_spiked_data_writes_a_results_folder(tmp_path):
     assert code == 0
     config = json.loads((out / "config.json").read_text())
     metrics = json.loads((out / "metrics.json").read_text())
-    assert config["sae"] == "aen" and config["tokens"] == 4096 and config["sae_config"]["l1_coeff"] == 0.1
+    assert config["sae"]["variant"] == "aen" and config["tokens"] == 4096 and config["sae_config"]["l1_coeff"] == 0.1
     assert metrics["steps"] == 16 and metrics["history"][-1]["step"] == 16
     assert 0.0 <= metrics["held_out"]["dead_pct"] <= 100.0 and metrics["held_out"]["ev"] > 0.0
     sae = load_sae(out / "checkpoint.safetensors")

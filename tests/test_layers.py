@@ -32,7 +32,6 @@ MAX_LINES = 400
 # Files still over MAX_LINES, each with the helper that splits it; an entry that no longer applies fails the test,
 # so the list only shrinks.
 OVER_LIMIT_FOR_NOW = {
-    "aen_mini/run/runs.py": "spine (RunSpec)",
     "aen_mini/experiments/replication.py": "layout, after the replication helper's merge",
     "benchmarks/synthsaebench.py": "layout, after the replication helper's merge",
     "aen_mini/experiments/sweep.py": "layout",

@@ -46,7 +46,7 @@ def test_target_l0_calibrates_l1_and_the_run_reproduces_the_chosen_trial(tmp_pat
     metrics = json.loads((out / "metrics.json").read_text())
     calibration = config["calibration"]
     assert calibration["target_l0"] == 8 and 1 <= len(calibration["trials"]) <= 4
-    assert config["l1"] == calibration["l1_coeff"] == load_sae(out / "checkpoint.safetensors").l1_coeff
+    assert config["sae"]["hyperparameters"]["l1_coeff"] == calibration["l1_coeff"] == load_sae(out / "checkpoint.safetensors").l1_coeff
     # every trial trained on the batches the final run trains on, so the final run lands where its trial did
     assert metrics["held_out"]["l0"] == pytest.approx(calibration["l0"], rel=1e-4)
     best = min(calibration["trials"], key=lambda t: abs(t["l0"] / 8 - 1))

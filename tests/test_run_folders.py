@@ -87,7 +87,7 @@ def test_a_folder_holding_a_run_is_not_replaced_without_overwrite(tmp_path):
         run_training(replace(cfg, seed=1))
     assert (tmp_path / "run" / "checkpoint.safetensors").read_bytes() == checkpoint
     run_training(replace(cfg, seed=1), overwrite=True)
-    assert json.loads((tmp_path / "run" / "config.json").read_text())["seed"] == 1
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["train"]["seed"] == 1
     assert (tmp_path / "run" / "checkpoint.safetensors").read_bytes() != checkpoint
 
 

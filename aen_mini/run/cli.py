@@ -1,21 +1,27 @@
 """The command line: ``python -m aen_mini {train,eval,export,plan,build-tiny-lm,sweep}``.
 
+``train`` takes one flag per setting of aen_mini.run.spec.RunSpec, by section: ``--data.*`` (which activations),
+``--sae.*`` (the variant and every variant's hyperparameters), ``--train.*`` (every TrainConfig option),
+``--parallel.mode``, and ``--tokens``, ``--out``, ``--target-l0``. The flat flags of earlier versions (``--lr``,
+``--l1``, ``--batch-size`` ...) still work. A flag left out takes the config file's value, else the default shown.
+
 Offline examples (no download; CPU):
 
-    python -m aen_mini train --model spiked --sae aen --latents 256 --tokens 400k --batch-size 1024 --lr 4e-3 \\
-        --target-l0 16 --out runs/spiked-aen                          # about a minute of CPU: 5 runs of 390 steps
-    python -m aen_mini train --sae aen --latents 1024 --tokens 256k --batch-size 1024 --lr 4e-3 --target-l0 32 \\
-        --out runs/tiny-aen                        # tiny-neox on stdlib docstrings: calibration runs + the run, minutes
-    python -m aen_mini train --config runs/tiny-aen/config.json --resume   # continue it after an interruption
-    python -m aen_mini eval runs/tiny-aen                              # spliced CE / KL / CE recovered -> eval.json
-    python -m aen_mini export runs/tiny-aen --out saelens/tiny-aen     # SAELens folder
+    python -m aen_mini train --data.model spiked --sae.variant aen --sae.latents 256 --tokens 400k \\
+        --train.batch-size 1024 --train.lr 4e-3 --target-l0 16 --out runs/spiked-aen   # about a minute of CPU
+    python -m aen_mini train --sae.variant topk --sae.k 16 --sae.aux-k 64 --sae.latents 1024 --tokens 256k \\
+        --train.batch-size 1024 --train.adam-betas 0.9 0.99 --out runs/tiny-topk   # tiny-neox, English prose
+    python -m aen_mini train --config runs/tiny-topk/config.json --resume   # continue it after an interruption
+    python -m aen_mini eval runs/tiny-topk                             # spliced CE / KL / CE recovered -> eval.json
+    python -m aen_mini export runs/tiny-topk --out saelens/tiny-topk   # SAELens folder
     python -m aen_mini plan --d-in 512 --latents 4096 --tokens 204.8M  # memory and compute before a run
 
 Online (Pythia-70M from the hub, a GPU):
 
-    python -m aen_mini train --model EleutherAI/pythia-70m-deduped --hook blocks.3.hook_resid_post \\
-        --sae aen --latents 4096 --tokens 204.8M --target-l0 32 --device cuda --fast --out runs/pythia-aen
-    torchrun --nproc-per-node 4 -m aen_mini train ...    # data-parallel (or --parallel latent)
+    python -m aen_mini train --data.model EleutherAI/pythia-70m-deduped --data.hook blocks.3.hook_resid_post \\
+        --sae.variant aen --sae.latents 4096 --tokens 204.8M --target-l0 32 --train.device cuda --train.fast \\
+        --out runs/pythia-aen
+    torchrun --nproc-per-node 4 -m aen_mini train ...    # data-parallel (or --parallel.mode latent)
 
 Errors print one line, ``error: ...``, and exit with status 2.
 """
@@ -25,87 +31,94 @@ import argparse
 import json
 import sys
 import warnings
-from dataclasses import asdict, fields
-from typing import Sequence
+from dataclasses import MISSING, fields
+from typing import Any, Callable, Sequence
 
-from aen_mini.run.runs import RunConfig
+from aen_mini.run.spec import (DERIVED_SAE_FIELDS, DERIVED_TRAIN_FIELDS, FLAT_KEYS, RUN_DEFAULT_NOTES, RunSpec,
+                               read_settings)
+from aen_mini.sae import VARIANTS, config_class, hyperparameter_names
 
-_TYPES = {"int | None": int, "float | None": float, "int": int, "float": float, "str": str, "int | str": str}
+# Help beside a TrainConfig option where a run reads it differently from the trainer.
+RUN_HELP = {"train.checkpoint_every": "steps between checkpoints (0: only at the end)",
+            "train.log_every": "steps between logged records (at most a twentieth of the run)"}
+OLD_FLAGS = {dotted: flat for flat, dotted in FLAT_KEYS.items()}
 
-# One line of help per RunConfig field (tests/test_cli.py checks that none is missing).
-HELP = {
-    "model": "model registry name ('spiked': the synthetic data of chapter 3, no model)",
-    "hook": "TransformerLens hook whose activations the SAE learns",
-    "sae": "SAE variant: relu_l1, topk, batch_topk, elastic_net, adaptive_lasso, aen",
-    "latents": "number of SAE latents (d_sae)",
-    "tokens": "training tokens (8192, 25k, 204.8M); steps = tokens // batch size",
-    "batch_size": "tokens per optimiser step",
-    "lr": "Adam learning rate",
-    "lr_warmup_steps": "steps of linear learning-rate warm-up",
-    "lr_decay_start": "fraction of training after which the learning rate decays linearly to 0",
-    "grad_clip": "maximum gradient norm (0: no clipping)",
-    "l1": "L1 coefficient, or calibrate it with --target-l0 (default: 1.0 for relu_l1 and elastic_net, 0.3 for "
-          "adaptive_lasso and aen)",
-    "l2": "L2 coefficient on the codes, elastic_net and aen (default: 0.1 x l1)",
-    "k": "active latents per token, topk and batch_topk (default: 32, at most a quarter of the latents)",
-    "gamma": "adaptive reweighting exponent, adaptive_lasso and aen (default: 1)",
-    "ema_beta": "decay of the adaptive reweighting's running mean (default: 0.99)",
-    "ref_pct": "share of the most active latents that sets the reference weight (default: 0.01)",
-    "warmup_start": "step at which adaptive reweighting begins (default: a quarter of the steps)",
-    "warmup_steps": "steps over which adaptive reweighting ramps in (default: a quarter of the steps)",
-    "aux_coeff": "AuxK loss coefficient, topk and batch_topk (default: 1/32)",
-    "dead_after_tokens": "a latent silent for this many tokens counts as dead (default: 1M)",
-    "corpus": "'stdlib' (offline docstrings), a text file or folder, or 'hf:DATASET' (online)",
-    "ctx_len": "tokens per context",
-    "max_contexts": "use at most this many contexts of the corpus (default: all)",
-    "eval_contexts": "contexts held out for evaluation (the corpus's last ones; at least 1)",
-    "normalize": "rescale every token's activation to norm sqrt(d), as the authors do",
-    "buffer_rows": "rows of the activation shuffle buffer",
-    "contexts_per_chunk": "contexts harvested per forward pass",
-    "rho": "spiked data only: correlation of the dictionary atoms, in [0, 1)",
-    "device": "torch device: cpu, cuda, cuda:1, mps",
-    "precision": "fp32, or bf16 (bf16 matmuls, fp32 weights and optimiser)",
-    "fast": "the fused fast training step (one process; compiled and CUDA-graphed on a GPU)",
-    "parallel": "under torchrun: 'data' (each GPU a share of every batch) or 'latent' (a share of the latents)",
-    "seed": "seed of the SAE's initialisation and the data order",
-    "checkpoint_every": "steps between checkpoints (0: only at the end)",
-    "out": "results folder (checkpoint.safetensors, config.json, metrics.json)",
-    "progress": "show a progress bar",
-    "target_l0": "calibrate l1 to this held-out L0 (a few whole training runs, then the run itself)",
-    "calibration_trials": "most calibration runs for --target-l0",
-}
+
+def _parse(annotation: str) -> tuple[Callable[[str], Any] | None, int | None]:
+    """(type, nargs) of a flag from its field's annotation; type None: a boolean switch."""
+    kind = annotation.removesuffix(" | None")
+    if kind == "bool":
+        return None, None
+    if kind == "tuple[float, float]":
+        return float, 2
+    base = {"int": int, "float": float}.get(kind, str)
+    if annotation.endswith(" | None"):
+        return (lambda text: None if text.lower() == "none" else base(text)), None
+    return base, None
+
+
+def _shown(value: Any) -> str:
+    return {True: "on", False: "off", None: "none"}.get(value, value) if isinstance(value, (bool, type(None))) \
+        else " ".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+
+def run_options() -> list[tuple[str, str, str, Any]]:
+    """(dotted name, annotation, help, default shown) of every train flag, in the order --help lists them."""
+    spec, options = RunSpec(), []
+    for section in ("data", "train", "parallel"):
+        owner = getattr(spec, section)
+        for f in fields(owner):
+            if section == "train" and f.name in DERIVED_TRAIN_FIELDS:
+                continue
+            name = f"{section}.{f.name}"
+            options.append((name, str(f.type), RUN_HELP.get(name, f.metadata["help"]), _shown(getattr(owner, f.name))))
+    options += [("sae.variant", "str", fields(spec.sae)[0].metadata["help"], spec.sae.variant),
+                ("sae.latents", "int", fields(spec.sae)[1].metadata["help"], spec.sae.latents)]
+    seen: dict[str, list[str]] = {}
+    for variant in VARIANTS:  # every variant's hyperparameters, each once, saying which variants take it
+        for name in hyperparameter_names(variant):
+            if name not in DERIVED_SAE_FIELDS:
+                seen.setdefault(name, []).append(variant)
+    for name, variants in seen.items():
+        f = next(f for f in fields(config_class(variants[0])) if f.name == name)
+        which = "every variant" if len(variants) == len(VARIANTS) else ", ".join(variants)
+        default = RUN_DEFAULT_NOTES.get(name, _shown(f.default if f.default is not MISSING else None))
+        options.append((f"sae.{name}", str(f.type), f"{f.metadata['help']} [{which}]", default))
+    for f in fields(RunSpec):
+        if f.name not in ("data", "sae", "train", "parallel", "extra"):
+            options.append((f.name, str(f.type), f.metadata["help"], _shown(getattr(spec, f.name))))
+    return options
 
 
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
-    """One flag per RunConfig field (``--batch-size`` for ``batch_size``); a flag left out takes the config file's
-    value, else the default shown."""
-    parser.add_argument("--config", help="JSON or TOML file of run settings (a flat table, or a results folder's "
-                                         "config.json); flags given here override it")
+    """One flag per RunSpec setting (``--train.batch-size`` for train.batch_size), plus the flat flag of earlier
+    versions where there was one (``--batch-size``)."""
+    parser.add_argument("--config", help="JSON or TOML file of run settings (nested tables, dotted or flat keys, or "
+                                         "a results folder's config.json); flags given here override it")
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in --out from its checkpoint (refused if settings or data differ)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace the run already in --out (without it, such a folder is refused)")
-    defaults = RunConfig()
-    for f in fields(RunConfig):
-        if f.name == "extra":
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        default = getattr(defaults, f.name)
-        shown = {True: "on", False: "off", None: "none"}.get(default, default) if not isinstance(default, int) \
-            or isinstance(default, bool) else default
-        text = HELP[f.name] if "(default" in HELP[f.name] else f"{HELP[f.name]} (default: {shown})"
-        if f.type == "bool":
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=text)
+    for name, annotation, text, default in run_options():
+        flags = ["--" + name.replace("_", "-")]
+        if name in OLD_FLAGS and OLD_FLAGS[name] != name:
+            flags.append("--" + OLD_FLAGS[name].replace("_", "-"))
+        text = f"{text} (default: {default})".replace("%", "%%")
+        kind, nargs = _parse(annotation)
+        if kind is None:
+            parser.add_argument(*flags, dest=name, action=argparse.BooleanOptionalAction, default=None, help=text)
         else:
-            parser.add_argument(flag, dest=f.name, type=_TYPES[str(f.type)], default=None,
-                                metavar=f.name.upper(), help=text.replace("%", "%%"))
+            parser.add_argument(*flags, dest=name, type=kind, nargs=nargs, default=None, help=text,
+                                metavar=name.rpartition(".")[2].upper())
 
 
-def _run_config(args: argparse.Namespace) -> RunConfig:
-    values = asdict(RunConfig.from_file(args.config)) if args.config else {}
-    values.update({f.name: getattr(args, f.name) for f in fields(RunConfig)
-                   if f.name != "extra" and getattr(args, f.name) is not None})
-    return RunConfig.from_dict(values)
+def _run_spec(args: argparse.Namespace) -> RunSpec:
+    values = read_settings(args.config) if args.config else {}
+    given = {name: getattr(args, name) for name, *_ in run_options() if getattr(args, name) is not None}
+    try:
+        return RunSpec.from_dict({**values, **given})
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"config {args.config}: {err}" if args.config else str(err)) from None
 
 
 class _Parser(argparse.ArgumentParser):
@@ -175,7 +188,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "train":
         from aen_mini.run.runs import run_training
 
-        out = run_training(_run_config(args), resume=args.resume, overwrite=args.overwrite)
+        out = run_training(_run_spec(args), resume=args.resume, overwrite=args.overwrite)
         print(f"results written to {out}")
     elif args.command == "eval":
         from aen_mini.run.runs import evaluate_run
@@ -188,13 +201,13 @@ def _dispatch(args: argparse.Namespace) -> int:
         from aen_mini.run.runs import SPIKED, read_results_config
         from aen_mini.io.saelens import export_to_saelens
 
-        run = read_results_config(args.results_dir)
-        if run.model == SPIKED:
+        data = read_results_config(args.results_dir).data
+        if data.model == SPIKED:
             raise ValueError(f"{args.results_dir} was trained on spiked synthetic data: SAELens needs a model and hook")
         folder = export_to_saelens(load_sae(Path(args.results_dir) / "checkpoint.safetensors"), args.out,
-                                   model_name=run.model, hook_name=run.hook,
-                                   normalize_activations="constant_norm_rescale" if run.normalize else "none",
-                                   context_size=run.ctx_len)
+                                   model_name=data.model, hook_name=data.hook,
+                                   normalize_activations="constant_norm_rescale" if data.normalize else "none",
+                                   context_size=data.ctx_len)
         print(f"SAELens folder written to {folder}")
     elif args.command == "plan":
         from aen_mini.run.planning import parse_count, plan_run
