@@ -96,3 +96,14 @@ def test_a_new_variant_shards_by_its_declarations(toy, tmp_path):
     finally:
         SqrtL1.penalty_reduction = {"sqrt": "latent_sum"}
         dist.destroy_process_group()
+
+
+def test_a_new_variant_is_on_the_command_line(toy, tmp_path):
+    from aen_mini.run.cli import main, run_options
+
+    assert "sae.usage_decay" in {name for name, *_ in run_options()}
+    out = tmp_path / "run"
+    assert main(["train", "--data.model", "spiked", "--sae.variant", "toy_sqrt_l1", "--sae.latents", "8",
+                 "--sae.usage-decay", "0.5", "--tokens", "512", "--train.batch-size", "256", "--no-train.progress",
+                 "--out", str(out)]) == 0
+    assert type(load_checkpoint(out / "checkpoint.safetensors").sae) is SqrtL1

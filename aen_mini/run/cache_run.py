@@ -2,8 +2,8 @@
 
     python -m torch.distributed.run --nproc-per-node 2 -m aen_mini.run.cache_run run.json CACHE_DIR held_out.safetensors
 
-``run.json`` holds a run's settings (aen_mini.run.spec.RunSpec; its ``parallel.mode`` picks data-parallel or latent-sharded; ``device`` cpu means
-gloo); ``CACHE_DIR`` is a folder written by ``aen_mini.data.cache.cache_activations``; the safetensors file holds
+``run.json`` holds a run's settings (aen_mini.run.spec.RunSpec; ``parallel.mode`` picks data-parallel or
+latent-sharded; ``train.device`` cpu means gloo); ``CACHE_DIR`` is a folder written by ``aen_mini.data.cache.cache_activations``; the safetensors file holds
 the normalised held-out rows under ``x``. Data-parallel ranks each take every ``world_size``-th row of one global
 stream (``StridedSource``), so any number of ranks sees the same global batches; latent-sharded ranks all read the
 stream (rank 0's batches are broadcast). Rank 0 writes the usual results folder (``out``).
@@ -11,7 +11,6 @@ stream (rank 0's batches are broadcast). Rank 0 writes the usual results folder 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from aen_mini.data.cache import CachedActivationSource

@@ -83,7 +83,8 @@ def run_options() -> list[tuple[str, str, str, Any]]:
         f = next(f for f in fields(config_class(variants[0])) if f.name == name)
         which = "every variant" if len(variants) == len(VARIANTS) else ", ".join(variants)
         default = RUN_DEFAULT_NOTES.get(name, _shown(f.default if f.default is not MISSING else None))
-        options.append((f"sae.{name}", str(f.type), f"{f.metadata['help']} [{which}]", default))
+        text = f.metadata.get("help") or name.replace("_", " ")  # a variant's field without option() help
+        options.append((f"sae.{name}", str(f.type), f"{text} [{which}]", default))
     for f in fields(RunSpec):
         if f.name not in ("data", "sae", "train", "parallel", "extra"):
             options.append((f.name, str(f.type), f.metadata["help"], _shown(getattr(spec, f.name))))
