@@ -104,6 +104,10 @@ def _worker(rank: int, port: int, out: str) -> None:
             sae = make_sae(variant, D_IN, D_SAE, **HYPER[variant])
             result = train(sae, source, _cfg(), parallel=DataParallel("cpu"))
             torch.save({"state": result.sae.state_dict(), "history": result.history}, out_dir / f"dp_{variant}_{rank}.pt")
+        # the fused step serves data parallelism too (the same Step body around DDP)
+        source = StridedSource(TensorSource(_data(), seed=0), rank, WORLD)
+        result = train(make_sae("aen", D_IN, D_SAE, **HYPER["aen"]), source, _cfg(fast=True), parallel=DataParallel("cpu"))
+        torch.save({"state": result.sae.state_dict(), "history": result.history}, out_dir / f"dp_fast_aen_{rank}.pt")
         for variant in ("topk", "batch_topk", "aen"):  # one sharded loss and backward
             sae, x = _sharding_case(variant)
             local = shard_sae(sae, rank, WORLD)
@@ -173,6 +177,16 @@ def test_data_parallel_equals_one_process_on_the_global_batch(ranks_out, variant
                 assert step_got[key] == pytest.approx(step_want[key], rel=1e-5, abs=1e-6), (step_got["step"], key)
     if variant == "aen":  # the EMA moved away from its start, so the weights w_j were exercised
         assert not torch.allclose(single.sae.reweighting.ema, torch.ones(D_SAE))
+
+
+def test_fused_data_parallel_equals_the_fused_step_in_one_process(ranks_out):
+    single = train(make_sae("aen", D_IN, D_SAE, **HYPER["aen"]), TensorSource(_data(), seed=0), _cfg(fast=True))
+    for rank in range(WORLD):
+        got = torch.load(ranks_out / f"dp_fast_aen_{rank}.pt")
+        _assert_state_close(got["state"], single.sae.state_dict())
+        for step_got, step_want in zip(got["history"], single.history):
+            for key in ("loss", "l0", "dead_pct"):
+                assert step_got[key] == pytest.approx(step_want[key], rel=1e-5, abs=1e-6), (step_got["step"], key)
 
 
 @pytest.mark.parametrize("variant", ["topk", "batch_topk", "aen"])
