@@ -37,7 +37,6 @@ OVER_LIMIT_FOR_NOW = {
     "benchmarks/gpu.py": "spine (one Step)",
     "aen_mini/experiments/replication.py": "layout, after the replication helper's merge",
     "benchmarks/synthsaebench.py": "layout, after the replication helper's merge",
-    "aen_mini/experiments/sweep.py": "layout",
     "aen_mini/book/plots.py": "layout",
     "aen_mini/book/exercises.py": "layout",
 }

@@ -199,7 +199,7 @@ def test_html_table_rounds_escapes_and_aligns() -> None:
 
 
 def test_sweep_table_shows_mean_and_spread_per_method_and_rho() -> None:
-    from aen_mini.experiments.sweep import summarise
+    from aen_mini.experiments.sweep_report import summarise
 
     records = [{"method": "aen", "label": "AEN", "rho": 0.9, "seed": s, "l1_coeff": 0.08, "dead_pct": d}
                for s, d in enumerate([1.0, 3.0])]

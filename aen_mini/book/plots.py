@@ -198,7 +198,7 @@ def html_table(rows: Sequence[Mapping[str, Any]] | Sequence[Sequence[Any]], colu
 
 def sweep_table(summary: Sequence[Mapping[str, Any]], metrics: Sequence[str], *, caption: str,
                 digits: int = 3) -> Any:
-    """An HTML table of ``aen_mini.experiments.sweep.summarise`` rows (the book's replacement for printing
+    """An HTML table of ``aen_mini.experiments.sweep_report.summarise`` rows (the book's replacement for printing
     ``sweep.markdown_table``): method, rho, seeds, l1, then "mean ± std" over seeds for each metric."""
     missing = [f"{m}_mean" for m in metrics if summary and f"{m}_mean" not in summary[0]]
     if missing:
@@ -396,7 +396,7 @@ def plot_rho_sweep(summary: Sequence[Mapping[str, float]], metrics: Sequence[str
     """One panel per metric against rho, one line per method: the mean over seeds, with bars from the lowest to
     the highest seed (a standard deviation would hide a split between seeds that collapsed and seeds that did not).
 
-    `summary` holds rows of aen_mini.experiments.sweep.summarise: "method", "label", "rho", "<metric>_mean", "_min", "_max".
+    `summary` holds rows of aen_mini.experiments.sweep_report.summarise: "method", "label", "rho", "<metric>_mean", "_min", "_max".
     """
     rows = list(summary)
     if not rows:

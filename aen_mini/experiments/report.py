@@ -1,0 +1,85 @@
+"""What every result file says about how it was made, and the one Markdown table writer.
+
+The sweep, the replication and every script in benchmarks/ build their metadata with :func:`provenance` (command,
+date, commit, versions, device) and their tables with :func:`markdown_table`, and write a result pair
+(``NAME.json`` + ``NAME.md``) with :func:`write_report`.
+"""
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+import json
+import os
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from aen_mini.io.atomic import atomic_write_text
+
+__all__ = ["git_commit", "markdown_table", "package_version", "provenance", "write_report"]
+
+
+def package_version(name: str) -> str | None:
+    """An installed distribution's version (``"aen-mini"`` included), or None where it is not installed."""
+    if name in ("aen-mini", "aen_mini"):
+        import aen_mini  # an editable checkout may lack the distribution metadata but has __version__
+
+        return aen_mini.__version__
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def git_commit(short: bool = False) -> str | None:
+    """The checkout's commit, or None outside a git checkout."""
+    try:
+        done = subprocess.run(["git", "rev-parse", *(["--short"] if short else []), "HEAD"], capture_output=True,
+                              text=True, check=True, cwd=Path(__file__).resolve().parent)
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return done.stdout.strip() or None
+
+
+def provenance(command: str | Sequence[str], device: str = "cpu", packages: Iterable[str] = ("numpy",)) -> dict[str, Any]:
+    """How a result was made: command, date, aen-mini version and commit, Python, torch and ``packages``' versions,
+    device (with the GPU's name on CUDA), torch threads, CPU count, platform."""
+    import torch
+
+    gpu = torch.cuda.get_device_name() if str(device).startswith("cuda") and torch.cuda.is_available() else None
+    return {
+        "command": command if isinstance(command, str) else " ".join(command),
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "aen_mini_version": package_version("aen-mini"), "git_commit": git_commit(),
+        "python": platform.python_version(), "torch": torch.__version__,
+        **{name: package_version(name) for name in packages},
+        "device": str(device), "gpu": gpu, "cpu_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+    }
+
+
+def _cell(value: Any) -> str:
+    return str(value).replace("|", "/").replace("\n", " ")
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]], align: str | None = None) -> str:
+    """A Markdown table; ``align`` has one letter per column, ``l`` or ``r`` (default: all left)."""
+    align = align or "l" * len(header)
+    if len(align) != len(header) or set(align) - {"l", "r"}:
+        raise ValueError(f"align must be one 'l' or 'r' per column ({len(header)}), got {align!r}")
+    lines = ["| " + " | ".join(_cell(h) for h in header) + " |",
+             "|" + "|".join(" ---: " if a == "r" else " --- " for a in align) + "|"]
+    for row in rows:
+        row = list(row)
+        if len(row) != len(header):
+            raise ValueError(f"a row has {len(row)} cells for {len(header)} columns: {row}")
+        lines.append("| " + " | ".join(_cell(v) for v in row) + " |")
+    return "\n".join(lines)
+
+
+def write_report(folder: str | Path, name: str, result: dict[str, Any], markdown: str) -> tuple[Path, Path]:
+    """Write ``folder/name.json`` (indented) and ``folder/name.md`` atomically; returns both paths."""
+    folder = Path(folder)
+    return (atomic_write_text(folder / f"{name}.json", json.dumps(result, indent=2) + "\n"),
+            atomic_write_text(folder / f"{name}.md", markdown.rstrip("\n") + "\n"))
