@@ -15,9 +15,7 @@ import subprocess
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from aen_mini.io.atomic import atomic_write_text
-
-__all__ = ["git_commit", "markdown_table", "package_version", "provenance", "write_report"]
+__all__ = ["cpu_model", "git_commit", "markdown_table", "package_version", "provenance", "provenance_markdown", "write_report"]
 
 
 def package_version(name: str) -> str | None:
@@ -42,21 +40,51 @@ def git_commit(short: bool = False) -> str | None:
     return done.stdout.strip() or None
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux), else what platform knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
 def provenance(command: str | Sequence[str], device: str = "cpu", packages: Iterable[str] = ("numpy",)) -> dict[str, Any]:
     """How a result was made: command, date, aen-mini version and commit, Python, torch and ``packages``' versions,
-    device (with the GPU's name on CUDA), torch threads, CPU count, platform."""
-    import torch
-
-    gpu = torch.cuda.get_device_name() if str(device).startswith("cuda") and torch.cuda.is_available() else None
+    device (with the GPU's name on CUDA), CPU model, CPU count and the cores usable here, torch threads, platform."""
+    try:
+        import torch
+    except ImportError:  # benchmarks/install.py runs before any venv exists
+        torch = None
+    gpu = (torch.cuda.get_device_name() if torch is not None and str(device).startswith("cuda")
+           and torch.cuda.is_available() else None)
     return {
         "command": command if isinstance(command, str) else " ".join(command),
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "aen_mini_version": package_version("aen-mini"), "git_commit": git_commit(),
-        "python": platform.python_version(), "torch": torch.__version__,
+        "python": platform.python_version(), "torch": torch.__version__ if torch is not None else None,
         **{name: package_version(name) for name in packages},
-        "device": str(device), "gpu": gpu, "cpu_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+        "device": str(device), "gpu": gpu, "cpu": cpu_model(), "cpu_count": os.cpu_count(),
+        "cpu_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "cpu_threads": torch.get_num_threads() if torch is not None else None,
         "platform": platform.platform(),
     }
+
+
+def provenance_markdown(meta: dict[str, Any]) -> str:
+    """A :func:`provenance` record as Markdown bullets: command, commit and date, device, versions."""
+    fixed = {"command", "date", "git_commit", "device", "gpu", "cpu", "cpu_count", "cpu_usable", "cpu_threads", "platform"}
+    commit = f"commit `{meta['git_commit']}`" if meta.get("git_commit") else "commit unknown (not a git checkout)"
+    device = meta["gpu"] or meta["device"]
+    return "\n".join([
+        f"- Command: `{meta['command']}` ({commit}, {meta['date']})",
+        f"- Device: {device}; CPU {meta['cpu']}, {meta['cpu_usable']} usable of {meta['cpu_count']} cores, "
+        f"{meta['cpu_threads']} torch threads; {meta['platform']}",
+        "- Versions: " + ", ".join(f"{'aen-mini' if k == 'aen_mini_version' else k} {v}" for k, v in meta.items()
+                                   if k not in fixed),
+    ])
 
 
 def _cell(value: Any) -> str:
@@ -80,6 +108,8 @@ def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]], align: 
 
 def write_report(folder: str | Path, name: str, result: dict[str, Any], markdown: str) -> tuple[Path, Path]:
     """Write ``folder/name.json`` (indented) and ``folder/name.md`` atomically; returns both paths."""
+    from aen_mini.io.atomic import atomic_write_text  # here: benchmarks/install.py runs without torch
+
     folder = Path(folder)
     return (atomic_write_text(folder / f"{name}.json", json.dumps(result, indent=2) + "\n"),
             atomic_write_text(folder / f"{name}.md", markdown.rstrip("\n") + "\n"))
