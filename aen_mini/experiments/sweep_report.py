@@ -7,6 +7,7 @@ from typing import Any, Iterable
 import torch
 
 from aen_mini.experiments.recipes import METHODS
+from aen_mini.experiments.report import markdown_table as table
 
 __all__ = ["TABLE_METRICS", "summarise", "markdown_table", "claim_check", "claim_statement", "report_markdown"]
 
@@ -36,13 +37,12 @@ def summarise(records: list[dict[str, Any]], metrics: Iterable[str] = TABLE_METR
 def markdown_table(records: list[dict[str, Any]], metrics: Iterable[str] = TABLE_METRICS) -> str:
     """The summary as a Markdown table, one row per (method, rho), mean ± std over seeds."""
     metrics = list(metrics)
-    head = "| method | rho | l1 | " + " | ".join(metrics) + " |"
-    lines = [head, "|" + " --- |" * (len(metrics) + 3)]
+    rows = []
     for row in sorted(summarise(records, metrics), key=lambda r: (list(METHODS).index(r["method"]), r["rho"])):
         l1 = "k" if row["l1_coeff"] is None else f"{row['l1_coeff']:.3g}"
-        cells = [f"{row[f'{m}_mean']:.3g} ± {row[f'{m}_std']:.2g}" for m in metrics]
-        lines.append(f"| {row['label']} | {row['rho']:g} | {l1} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        rows.append([row["label"], f"{row['rho']:g}", l1,
+                     *(f"{row[f'{m}_mean']:.3g} ± {row[f'{m}_std']:.2g}" for m in metrics)])
+    return table(["method", "rho", "l1", *metrics], rows)
 
 
 def claim_check(records: list[dict[str, Any]], dead_ratio: float = 0.5, ev_margin: float = 0.05) -> dict[str, Any]:
