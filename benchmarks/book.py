@@ -9,7 +9,6 @@ The repository's own _build/ is left alone.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import pickle
 import subprocess
