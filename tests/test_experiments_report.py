@@ -35,6 +35,7 @@ def test_recipes_set_each_method_as_the_studies_did() -> None:
     assert recipes.hyperparameters("relu_l1", 0.5, 400, 3) == {"l1_coeff": 0.5}
     assert recipes.dead_after_tokens(32, 400) == 32 * 20
     assert not recipes.METHODS["topk_auxk"].calibrated and recipes.METHODS["aen"].calibrated
+    assert not recipes.METHODS["batch_topk_auxk"].calibrated
     with pytest.raises(ValueError, match="needs an l1_coeff"):
         recipes.hyperparameters("aen", None, 400, 3)
     with pytest.raises(ValueError, match="method"):

@@ -47,6 +47,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("relu_l1", "relu_l1", "ReLU + L1"),
     Method("relu_l1_resample", "relu_l1", "ReLU + L1 + resampling", resample=True),
     Method("topk_auxk", "topk", "TopK + AuxK"),
+    Method("batch_topk_auxk", "batch_topk", "BatchTopK + AuxK"),
     Method("elastic_net", "elastic_net", "Elastic net", l2_ratio=L2_RATIO),
     Method("adaptive_lasso", "adaptive_lasso", "Adaptive lasso", adaptive=True),
     Method("aen", "aen", "AEN", l2_ratio=L2_RATIO, adaptive=True),
