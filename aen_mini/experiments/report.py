@@ -15,7 +15,8 @@ import subprocess
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-__all__ = ["cpu_model", "git_commit", "markdown_table", "package_version", "provenance", "provenance_markdown", "write_report"]
+__all__ = ["cpu_model", "git_commit", "markdown_table", "package_version", "provenance", "provenance_markdown",
+           "write_report"]
 
 
 def package_version(name: str) -> str | None:
@@ -30,11 +31,11 @@ def package_version(name: str) -> str | None:
         return None
 
 
-def git_commit(short: bool = False) -> str | None:
+def git_commit() -> str | None:
     """The checkout's commit, or None outside a git checkout."""
     try:
-        done = subprocess.run(["git", "rev-parse", *(["--short"] if short else []), "HEAD"], capture_output=True,
-                              text=True, check=True, cwd=Path(__file__).resolve().parent)
+        done = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+                              cwd=Path(__file__).resolve().parent)
     except (OSError, subprocess.CalledProcessError):
         return None
     return done.stdout.strip() or None
