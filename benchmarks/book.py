@@ -9,54 +9,20 @@ The repository's own _build/ is left alone.
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import os
 import pickle
-import platform
 import subprocess
 import sys
 import tempfile
 import time
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
+
+from aen_mini.experiments.report import markdown_table, provenance, provenance_markdown, write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 JUPYTER_BOOK = Path(sys.executable).with_name("jupyter-book")
 TARGET_S = 300  # `make book` on 2 CPU cores: the whole book in at most 5 minutes
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
-
-
-def device() -> dict[str, Any]:
-    import torch  # imported here: only the device description needs it
-
-    return {
-        "cpu": cpu_model(),
-        "cpu_cores": os.cpu_count(),
-        "cpu_cores_usable": len(os.sched_getaffinity(0)),
-        "load_average_1min_at_start": round(os.getloadavg()[0], 2),
-        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "platform": platform.platform(),
-    }
-
-
-def versions() -> dict[str, str]:
-    import torch
-
-    return {"python": platform.python_version(), "torch": torch.__version__,
-            **{name: version(name) for name in ("jupyter-book", "myst-nb", "sphinx", "aen-mini")}}
-
-
-def git_commit() -> str | None:
-    done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    return done.stdout.strip() if done.returncode == 0 else None
 
 
 def notebook_runtimes(doctrees: Path) -> dict[str, dict[str, Any]]:
@@ -74,7 +40,9 @@ def notebook_runtimes(doctrees: Path) -> dict[str, dict[str, Any]]:
 def run() -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="aen_mini_book_") as build_dir:
         command = [os.path.relpath(JUPYTER_BOOK, ROOT), "build", ".", "-W", "--keep-going", "-n", "--path-output", build_dir]
-        setup = {"device": device(), "versions": versions()}
+        shown = " ".join(["OMP_NUM_THREADS=1", *command[:-2], "--path-output", "<fresh temporary folder>"])
+        setup = {"provenance": provenance(shown, "cpu", packages=("jupyter-book", "myst-nb", "sphinx")),
+                 "load_average_1min_at_start": round(os.getloadavg()[0], 2)}
         start = time.perf_counter()
         # Same environment as `make book`: one thread per notebook kernel.
         done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True,
@@ -86,9 +54,6 @@ def run() -> dict[str, Any]:
         notebooks = notebook_runtimes(Path(build_dir) / "_build" / ".doctrees")
     return {
         "benchmark": "book build",
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "git_commit": git_commit(),
-        "command": " ".join(["OMP_NUM_THREADS=1", *command[:-2], "--path-output", "<fresh temporary folder>"]),
         "size": "ci",
         "total_build_s": round(total_s, 1),
         "target_s": TARGET_S,
@@ -100,28 +65,23 @@ def run() -> dict[str, Any]:
 
 
 def markdown(result: dict[str, Any]) -> str:
-    dev, ver = result["device"], result["versions"]
-    lines = [
+    return "\n".join([
         "# Book build benchmark",
         "",
-        f"Written by `benchmarks/book.py` on {result['date']} (commit `{result['git_commit']}`).",
+        f"Written by `benchmarks/book.py`; 1-min load average at start {result['load_average_1min_at_start']}.",
         "",
-        f"- Command: `{result['command']}`",
-        f"- Device: {dev['cpu']}, {dev['cpu_cores_usable']} usable of {dev['cpu_cores']} cores, "
-        f"GPU: {dev['gpu'] or 'none'}; 1-min load average at start {dev['load_average_1min_at_start']}",
-        "- Versions: " + ", ".join(f"{k} {v}" for k, v in ver.items()),
+        provenance_markdown(result["provenance"]),
         f"- Total build time: **{result['total_build_s']} s**, of which notebook execution "
         f"{result['notebook_execution_s']} s (notebooks at SIZE = \"{result['size']}\")",
         f"- Target: at most {result['target_s']} s on 2 CPU cores: "
         f"{'met' if result['within_target'] else '**not met**'}. The rest of the total (Sphinx reading and "
         "writing the pages, copying MathJax) is the build time minus the notebooks' execution.",
         "",
-        "| Notebook | Execution time (s) | Succeeded |",
-        "| --- | ---: | --- |",
-        *(f"| `{name}` | {r['runtime_s']} | {r['succeeded']} |" for name, r in result["notebooks"].items()),
+        markdown_table(["Notebook", "Execution time (s)", "Succeeded"],
+                       [[f"`{name}`", r["runtime_s"], r["succeeded"]] for name, r in result["notebooks"].items()],
+                       align="lrl"),
         "",
-    ]
-    return "\n".join(lines)
+    ])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -129,9 +89,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks", help="where book.json and book.md go")
     args = parser.parse_args(argv)
     result = run()
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    (args.out_dir / "book.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.out_dir / "book.md").write_text(markdown(result))
+    write_report(args.out_dir, "book", result, markdown(result))
     print(markdown(result))
 
 

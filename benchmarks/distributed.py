@@ -12,10 +12,8 @@ device (so data loading is not measured). Rank 0 writes benchmarks/distributed.j
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import socket
 import sys
 from pathlib import Path
@@ -26,6 +24,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from aen_mini.experiments.report import provenance  # noqa: E402
+from aen_mini.io.atomic import atomic_write_text  # noqa: E402
 from aen_mini.train.launch import setup_from_env  # noqa: E402
 from aen_mini.sae import make_sae  # noqa: E402
 from aen_mini.train.loop import TrainConfig, train  # noqa: E402
@@ -85,17 +85,13 @@ def main() -> None:
         distributed = tokens_per_s(args, ctx.device, ctx.strategy(args.mode))
         if ctx.is_main:
             record = {
-                "date": datetime.datetime.now().isoformat(timespec="seconds"),
-                "command": " ".join(sys.argv),
-                "world_size": ctx.world_size, "mode": args.mode, "device": ctx.device,
-                "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-                "cpu_threads": torch.get_num_threads(), "load_average_1min": round(os.getloadavg()[0], 2),
-                "torch": torch.__version__, "python": platform.python_version(),
+                "provenance": provenance(sys.argv, ctx.device),
+                "world_size": ctx.world_size, "mode": args.mode, "load_average_1min": round(os.getloadavg()[0], 2),
                 "setup": {k: v for k, v in vars(args).items() if k != "out"},
                 "tokens_per_s_plain": plain, "tokens_per_s_distributed": distributed,
                 "distributed_over_plain": distributed / plain if plain else None,
             }
-            args.out.write_text(json.dumps(record, indent=2) + "\n")
+            atomic_write_text(args.out, json.dumps(record, indent=2) + "\n")
             print(json.dumps(record, indent=2))
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -20,6 +19,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run by the system python3, before any venv exists
+
+from aen_mini.experiments.report import markdown_table, provenance, provenance_markdown  # noqa: E402
 
 
 def timed(target: str, cwd: Path) -> dict[str, object]:
@@ -37,16 +39,15 @@ def main() -> None:
         copy = Path(tmp) / "repo"
         shutil.copytree(REPO, copy, ignore=shutil.ignore_patterns(".venv*", "_build", ".git"))
         rows = [timed("saelens-venv", copy)] + ([timed("install", copy)] if args.main_venv else [])
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout.strip()
     report = {"command": "python3 benchmarks/install.py" + (" --main-venv" if args.main_venv else ""), "installs": rows,
-              "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
-                          "load_average_1min": round(os.getloadavg()[0], 2)},
-              "versions": {"python": platform.python_version(), "git": commit}}
+              "provenance": provenance(sys.argv, "cpu", packages=()),
+              "load_average_1min": round(os.getloadavg()[0], 2)}
+    md = ["# First-use installs of `make test`", "", provenance_markdown(report["provenance"]),
+          f"- Load average at the end: {report['load_average_1min']}", "",
+          markdown_table(["make target", "wall s", "exit"], [[r["target"], r["wall_s"], r["exit"]] for r in rows],
+                         align="lrr")]
+    # plain writes, not write_report: its atomic writer needs torch, and this runs before any venv exists
     (REPO / "benchmarks" / "install.json").write_text(json.dumps(report, indent=2) + "\n")
-    md = ["# First-use installs of `make test`", "", f"Command: `{report['command']}`  ",
-          f"Machine: {report['machine']['platform']}, {report['machine']['cpu_count']} CPUs (load average "
-          f"{report['machine']['load_average_1min']} at the end)", "", "| make target | wall s | exit |", "|---|---:|---:|"]
-    md += [f"| {r['target']} | {r['wall_s']} | {r['exit']} |" for r in rows]
     (REPO / "benchmarks" / "install.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
 

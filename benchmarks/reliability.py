@@ -8,14 +8,13 @@ Writes benchmarks/reliability.json and benchmarks/reliability.md:
 - the property tests of tests/test_properties.py run with ``--examples`` examples each (random shapes, dtypes,
   NaN/inf, empty batches, extreme hyperparameters into make_sae, encode/decode/loss, train, checkpoints, solver);
 - kill/resume cycles: training in a subprocess SIGKILLed ``--kills`` times at random points for three variants,
-  resumed, and compared bitwise with an uninterrupted run (tests/crash_worker.py).
+  resumed, and compared bitwise with an uninterrupted run (aen_mini/run/crash_worker.py).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import platform
 import re
 import subprocess
 import sys
@@ -24,17 +23,18 @@ import time
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
+
+from aen_mini.data.source import TensorSource
+from aen_mini.experiments.report import markdown_table, provenance, provenance_markdown, write_report
+from aen_mini.io.checkpoint import load_checkpoint, load_sae_state
+from aen_mini.run import crash_worker
+from aen_mini.run.cli_cases import SPIKED, adversarial_cases, run_cli
+from aen_mini.run.runfolder import RunFolderLock
+from aen_mini.sae import make_sae
+from aen_mini.train.loop import TrainConfig, train
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))  # the kill/resume harness lives beside the test that uses it
-
-import crash_worker  # noqa: E402
-from aen_mini.io.checkpoint import load_checkpoint, load_sae_state  # noqa: E402
-from aen_mini.data.source import TensorSource  # noqa: E402
-from aen_mini.sae import make_sae  # noqa: E402
-from aen_mini.train.loop import TrainConfig, train  # noqa: E402
-from safetensors.torch import save_file  # noqa: E402
-
 VARIANT_HYPERPARAMETERS = {"aen": crash_worker.DEFAULT_SPEC["hyperparameters"],
                            "batch_topk": {"k": 3, "dead_after_tokens": 640}, "topk": {"k": 3, "dead_after_tokens": 640}}
 
@@ -128,28 +128,24 @@ def _tmpfs(folder: Path, size: str = "64k") -> bool:
                           capture_output=True).returncode == 0
 
 
-def adversarial_cli(tmp: Path) -> list[dict[str, object]]:
+def adversarialrun_cli(tmp: Path) -> list[dict[str, object]]:
     """The CLI's adversarial inputs (tests/test_cli_errors.py, plus run-folder cases that need a run first), each run
     as a subprocess; clean means exit status 2 and one line on stderr starting with 'error: '."""
-    from test_cli_errors import SPIKED, _cli, adversarial_cases
-
-    from aen_mini.run.runfolder import RunFolderLock
-
     tmp.mkdir(parents=True, exist_ok=True)
     rows = []
     for name, (argv, _) in adversarial_cases(tmp).items():
-        rows.append({"input": name, **_ended(_cli(*argv, cwd=tmp))})
+        rows.append({"input": name, **_ended(run_cli(*argv, cwd=tmp))})
     run = [*SPIKED, "--out", str(tmp / "run")]
-    assert _cli(*run).returncode == 0, "the reference run failed"
-    rows.append({"input": "train into a folder holding a run (no --overwrite)", **_ended(_cli(*run))})
-    rows.append({"input": "--resume with other data (--rho)", **_ended(_cli(*run, "--resume", "--rho", "0.3"))})
-    rows.append({"input": "--resume with another learning rate", **_ended(_cli(*run, "--resume", "--lr", "0.01"))})
+    assert run_cli(*run).returncode == 0, "the reference run failed"
+    rows.append({"input": "train into a folder holding a run (no --overwrite)", **_ended(run_cli(*run))})
+    rows.append({"input": "--resume with other data (--rho)", **_ended(run_cli(*run, "--resume", "--rho", "0.3"))})
+    rows.append({"input": "--resume with another learning rate", **_ended(run_cli(*run, "--resume", "--lr", "0.01"))})
     with RunFolderLock(tmp / "locked"):
-        rows.append({"input": "a second run on a locked folder", **_ended(_cli(*SPIKED, "--out", str(tmp / "locked")))})
+        rows.append({"input": "a second run on a locked folder", **_ended(run_cli(*SPIKED, "--out", str(tmp / "locked")))})
     full = tmp / "full"
     if _tmpfs(full):
         try:
-            rows.append({"input": "disk full (64 KiB tmpfs)", **_ended(_cli(*SPIKED, "--latents", "256", "--out", str(full / "run")))})
+            rows.append({"input": "disk full (64 KiB tmpfs)", **_ended(run_cli(*SPIKED, "--latents", "256", "--out", str(full / "run")))})
         finally:
             subprocess.run(["umount", str(full)], capture_output=True)
     else:
@@ -173,27 +169,21 @@ def main() -> None:
     parser.add_argument("--kills", type=int, default=3, help="SIGKILLs per training run")
     parser.add_argument("--examples", type=int, default=300, help="hypothesis examples per property")
     parser.add_argument("--cli-examples", type=int, default=60, help="examples of the CLI property (each a training run)")
+    parser.add_argument("--out-dir", type=Path, default=REPO / "benchmarks", help="where reliability.json and .md go")
     args = parser.parse_args()
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         damage = checkpoint_damage(Path(tmp))
         properties = property_tests(args.examples, args.cli_examples)
-        adversarial = adversarial_cli(Path(tmp) / "cli")
+        adversarial = adversarialrun_cli(Path(tmp) / "cli")
         cycles = kill_resume(args.kills, Path(tmp))
     kills_total = sum(len(r["kills"]) for r in cycles)
     kills_landed = sum(k["killed"] for r in cycles for k in r["kills"])
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout.strip()
-    import hypothesis
-    import safetensors
-
     report = {
         "command": f"python benchmarks/reliability.py --kills {args.kills} --examples {args.examples} "
                    f"--cli-examples {args.cli_examples}",
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                    "cpu_count": os.cpu_count(), "torch_threads": 1},
-        "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                     "safetensors": safetensors.__version__, "hypothesis": hypothesis.__version__, "git": commit},
+        "provenance": provenance(sys.argv, "cpu", packages=("safetensors", "hypothesis")),
         "checkpoint_damage": damage,
         "property_tests": properties,
         "adversarial_cli": adversarial,
@@ -207,41 +197,43 @@ def main() -> None:
                         "runs_with_nothing_lost": sum(r["nothing_lost"] for r in cycles)},
         "wall_s": round(time.perf_counter() - t0, 1),
     }
-    out = REPO / "benchmarks"
-    (out / "reliability.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / "reliability.md").write_text(markdown(report))
+    write_report(args.out_dir, "reliability", report, markdown(report))
     print(markdown(report))
 
 
 def markdown(r: dict) -> str:
     c = r["counts"]
-    lines = ["# Reliability benchmark", "", f"Command: `{r['command']}` ({r['wall_s']} s)  ",
-             f"Machine: {r['machine']['platform']}, {r['machine']['cpu_count']} CPUs (1 torch thread)  ",
-             "Versions: " + ", ".join(f"{k} {v}" for k, v in r["versions"].items()), "",
-             "| count | |", "|---|---:|",
-             f"| SIGKILLs survived (the run resumed and ended bitwise equal to an uninterrupted one) | {c['kills_survived']} of {c['kills']} |",
-             f"| damaged or foreign checkpoints refused with a ValueError naming the file | {c['corruptions_refused']} of {c['corruptions_tried']} |",
-             f"| adversarial command lines that ended with status 2 and one line | {c['adversarial_inputs_refused_cleanly']} of {c['adversarial_inputs_tried']} |",
+    dash = lambda v: "–" if v is None else v  # noqa: E731 (a case that could not be tried here)
+    lines = ["# Reliability benchmark", "", f"{r['wall_s']} s in all.", "", provenance_markdown(r["provenance"]), "",
+             markdown_table(["count", ""], [
+                 ["SIGKILLs survived (the run resumed and ended bitwise equal to an uninterrupted one)",
+                  f"{c['kills_survived']} of {c['kills']}"],
+                 ["damaged or foreign checkpoints refused with a ValueError naming the file",
+                  f"{c['corruptions_refused']} of {c['corruptions_tried']}"],
+                 ["adversarial command lines that ended with status 2 and one line",
+                  f"{c['adversarial_inputs_refused_cleanly']} of {c['adversarial_inputs_tried']}"]], align="lr"),
              "", "## Adversarial command lines", "",
-             "Each a `python -m aen_mini` subprocess (tests/test_cli_errors.py holds the same cases as tests).", "",
-             "| input | exit | stderr lines | message |", "|---|---:|---:|---|"]
-    lines += [f"| {a['input']} | {a['exit'] if a['exit'] is not None else '–'} | "
-              f"{a['stderr_lines'] if a['stderr_lines'] is not None else '–'} | {a['message'].replace('|', '/')} |"
-              for a in r["adversarial_cli"]]
-    lines += ["", "## Bad inputs", "", "| category | tried | refused cleanly (ValueError naming the file) |", "|---|---:|---:|"]
-    lines += [f"| {name} | {c['tried']} | {c['refused_cleanly']} |" for name, c in r["checkpoint_damage"].items()]
+             "Each a `python -m aen_mini` subprocess (aen_mini/run/cli_cases.py; tests/test_cli_errors.py runs the "
+             "same cases as tests).", "",
+             markdown_table(["input", "exit", "stderr lines", "message"],
+                            [[a["input"], dash(a["exit"]), dash(a["stderr_lines"]), a["message"]]
+                             for a in r["adversarial_cli"]], align="lrrl"),
+             "", "## Bad inputs", "",
+             markdown_table(["category", "tried", "refused cleanly (ValueError naming the file)"],
+                            [[name, d["tried"], d["refused_cleanly"]] for name, d in r["checkpoint_damage"].items()],
+                            align="lrr")]
     p = r["property_tests"]
     lines += ["", "Property tests (tests/test_properties.py: every example either works with finite results or "
               "raises a clear ValueError/TypeError; tests/test_cli_errors.py: valid run settings train, invalid ones end "
-              "with status 2 and one line):", "", "| property | examples |", "|---|---:|"]
-    lines += [f"| {name} | {n} |" for name, n in p["examples_per_property"].items()]
+              "with status 2 and one line):", "",
+              markdown_table(["property", "examples"], p["examples_per_property"].items(), align="lr")]
     lines += ["", f"pytest: {p['pytest']} ({'all passed' if p['all_passed'] else 'FAILURES'})", "",
-              "## Kill / resume", "", "| variant | kills (landed mid-run) | resumed from steps | lost |", "|---|---:|---|---|"]
-    for run in r["kill_resume"]["runs"]:
-        landed = sum(k["killed"] for k in run["kills"])
-        steps = ", ".join(str(k["resumes_from_step"]) for k in run["kills"])
-        lost = "nothing" if run["nothing_lost"] else json.dumps(run["diff"])
-        lines.append(f"| {run['variant']} | {len(run['kills'])} ({landed}) | {steps} of {run['steps']} | {lost} |")
+              "## Kill / resume", "",
+              markdown_table(["variant", "kills (landed mid-run)", "resumed from steps", "lost"], [
+                  [run["variant"], f"{len(run['kills'])} ({sum(k['killed'] for k in run['kills'])})",
+                   ", ".join(str(k["resumes_from_step"]) for k in run["kills"]) + f" of {run['steps']}",
+                   "nothing" if run["nothing_lost"] else json.dumps(run["diff"])]
+                  for run in r["kill_resume"]["runs"]], align="lrll")]
     k = r["kill_resume"]
     lines += ["", f"{k['runs_with_nothing_lost']} of {len(k['runs'])} runs ended bitwise equal to an uninterrupted run "
               "(weights, buffers incl. the adaptive EMA and warm-up step, Adam state, data position, history), "

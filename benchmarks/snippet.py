@@ -9,14 +9,14 @@ torch and the package.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import re
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from aen_mini.experiments.report import provenance, provenance_markdown, write_report
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -38,22 +38,14 @@ def main() -> None:
     wall = time.perf_counter() - t0
     if run.returncode:
         sys.exit(f"the README snippet failed:\n{run.stderr[-3000:]}")
-    import torch
-
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout.strip()
     report = {"command": f"python benchmarks/snippet.py --threads {args.threads}", "wall_s": round(wall, 1),
               "threads": args.threads, "printed": run.stdout,
-              "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                          "cpu_count": os.cpu_count(), "load_average_1min": round(os.getloadavg()[0], 2)},
-              "versions": {"python": platform.python_version(), "torch": torch.__version__, "git": commit}}
-    (REPO / "benchmarks" / "snippet.json").write_text(json.dumps(report, indent=2) + "\n")
-    md = "\n".join(["# The README snippet", "", f"Command: `{report['command']}`  ",
-                    f"Machine: {report['machine']['platform']}, {report['machine']['cpu_count']} CPUs "
-                    f"(load average {report['machine']['load_average_1min']} at the end)  ",
-                    "Versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()), "",
+              "provenance": provenance(sys.argv, "cpu"), "load_average_1min": round(os.getloadavg()[0], 2)}
+    md = "\n".join(["# The README snippet", "", provenance_markdown(report["provenance"]),
+                    f"- Load average at the end: {report['load_average_1min']}", "",
                     f"Wall time, including starting Python and importing torch: **{report['wall_s']} s** "
                     f"with {args.threads} threads.", "", "It printed:", "", "```", run.stdout.rstrip(), "```", ""])
-    (REPO / "benchmarks" / "snippet.md").write_text(md)
+    write_report(REPO / "benchmarks", "snippet", report, md)
     print(md)
 
 

@@ -259,7 +259,7 @@ FIGURE_CELLS = [
     _cell("import math\nxs = [i / 50 for i in range(315)]\nplt.plot(xs, [math.sin(x) for x in xs])\nplt.title('sine')\n"
           "plt.show()", caption="One period of the sine, drawn by a test."),
     _cell("print('sum of the first ten squares:', sum(i * i for i in range(10)))"),
-    _cell("from aen_mini.book.plots import html_table\nhtml_table([['a', 1.23456]], ['name', 'value'], caption='a table')"),
+    _cell("from aen_mini.book.tables import html_table\nhtml_table([['a', 1.23456]], ['name', 'value'], caption='a table')"),
 ]
 
 

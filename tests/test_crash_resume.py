@@ -10,7 +10,7 @@ from aen_mini.io.checkpoint import load_checkpoint, save_checkpoint
 from aen_mini.data.source import TensorSource
 from aen_mini.sae import make_sae
 from aen_mini.train.loop import TrainConfig, train
-from crash_worker import compare, nothing_lost, train_with_kills
+from aen_mini.run.crash_worker import compare, nothing_lost, train_with_kills
 
 
 def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path):

@@ -8,7 +8,7 @@ Imports run one way, down this list (a layer may import its own package and any 
 imports experiments or the book, not even inside a function. matplotlib, ipywidgets, IPython and scipy are imported
 at module level only in book/ and eval/recovery.py, so the core installs and imports with torch, numpy, safetensors
 and tqdm alone: the last test proves it with those packages made unimportable. No Python file in aen_mini/ or
-benchmarks/ exceeds MAX_LINES.
+benchmarks/ exceeds MAX_LINES, and no benchmark imports from tests/.
 """
 from __future__ import annotations
 
@@ -34,9 +34,6 @@ MAX_LINES = 400
 OVER_LIMIT_FOR_NOW = {
     "aen_mini/experiments/replication.py": "layout, after the replication helper's merge",
     "benchmarks/synthsaebench.py": "layout, after the replication helper's merge",
-    "aen_mini/experiments/sweep.py": "layout",
-    "aen_mini/book/plots.py": "layout",
-    "aen_mini/book/exercises.py": "layout",
 }
 MODULES = sorted(p for p in PACKAGE.rglob("*.py") if p.name != "__init__.py" or p.parent != PACKAGE)
 
@@ -122,6 +119,16 @@ def test_book_only_packages_are_imported_at_module_level_only_by_the_book_and_re
         wrong += [f"{rel}:{line} imports {name}" for line, name in imports(path, module_level_only=True)
                   if name.split(".")[0] in BOOK_ONLY]
     assert not wrong, f"import these inside the function that needs them (core must import without them): {wrong}"
+
+
+def test_benchmarks_do_not_import_the_tests() -> None:
+    """Benchmarks are scripts over the package: what they share with the tests lives in aen_mini (e.g. run/crash_worker)."""
+    test_modules = {p.stem for p in (ROOT / "tests").glob("*.py")}
+    wrong = [f"{p.relative_to(ROOT)}:{line} imports {name}" for p in sorted((ROOT / "benchmarks").glob("*.py"))
+             for line, name in imports(p) if name.split(".")[0] in test_modules | {"tests"}]
+    wrong += [f"{p.relative_to(ROOT)} puts tests/ on sys.path" for p in sorted((ROOT / "benchmarks").glob("*.py"))
+              if '"tests"' in p.read_text() and "sys.path" in p.read_text()]
+    assert not wrong, wrong
 
 
 def test_no_python_file_is_longer_than_the_limit() -> None:

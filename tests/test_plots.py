@@ -15,9 +15,11 @@ import torch
 from matplotlib.figure import Figure
 
 from aen_mini.book.geometry import activation_regions, code_path, unit_atoms
-from aen_mini.book.plots import (FIG_WIDTH, METHOD_COLORS, html_table, sweep_table, method_color, plot_activation_regions, plot_atoms,
-                            plot_code_magnitudes, plot_code_paths, plot_histogram, plot_lipschitz, plot_matched_l0,
-                            plot_rho_sweep, plot_training_curves, plot_weight_trajectories, plot_weights_vs_usage)
+from aen_mini.book.plots import (plot_activation_regions, plot_atoms, plot_code_magnitudes, plot_code_paths, plot_histogram,
+                                 plot_lipschitz, plot_matched_l0, plot_rho_sweep, plot_training_curves,
+                                 plot_weight_trajectories, plot_weights_vs_usage)
+from aen_mini.book.style import FIG_WIDTH, METHOD_COLORS, method_color
+from aen_mini.book.tables import html_table, sweep_table
 
 
 @pytest.fixture(autouse=True)
@@ -199,7 +201,7 @@ def test_html_table_rounds_escapes_and_aligns() -> None:
 
 
 def test_sweep_table_shows_mean_and_spread_per_method_and_rho() -> None:
-    from aen_mini.experiments.sweep import summarise
+    from aen_mini.experiments.sweep_report import summarise
 
     records = [{"method": "aen", "label": "AEN", "rho": 0.9, "seed": s, "l1_coeff": 0.08, "dead_pct": d}
                for s, d in enumerate([1.0, 3.0])]
@@ -213,9 +215,9 @@ def test_sweep_table_shows_mean_and_spread_per_method_and_rho() -> None:
 def test_book_style_keeps_interactive_mode_that_a_backend_turned_on() -> None:
     """Jupyter's inline backend turns interactive mode on while the first figure is drawn (inside the style's
     rc_context); if the context's exit turned it off again, no later figure of the notebook would be shown."""
-    from aen_mini.book.plots import _book_style
+    from aen_mini.book.style import book_style
 
-    @_book_style
+    @book_style
     def loads_a_backend() -> Figure:
         matplotlib.interactive(True)
         return plt.figure()

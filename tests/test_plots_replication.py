@@ -5,7 +5,8 @@ matplotlib.use("Agg")
 
 import pytest  # noqa: E402
 
-from aen_mini.book.plots import METHOD_COLORS, method_color, plot_method_bars  # noqa: E402
+from aen_mini.book.style import METHOD_COLORS, method_color  # noqa: E402
+from aen_mini.book.plots import plot_method_bars  # noqa: E402
 
 
 def test_variants_share_their_family_colour_and_aen_stands_out():

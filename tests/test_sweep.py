@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from aen_mini.experiments import sweep
+from aen_mini.experiments import sweep, sweep_report
 from aen_mini.experiments.sweep import SweepSize
 
 TINY = SweepSize(n=16, m=24, k=3, d_sae=24, batch_size=64, steps=150, calib_steps=150, calib_trials=6, pool=2048,
@@ -56,7 +56,7 @@ def _fake(method, rho, seed, dead, ev):
 
 
 def test_summary_is_the_mean_and_sample_std_over_seeds():
-    rows = sweep.summarise([_fake("aen", 0.9, 0, 1.0, 0.5), _fake("aen", 0.9, 1, 3.0, 0.7)], ("dead_pct", "ev"))
+    rows = sweep_report.summarise([_fake("aen", 0.9, 0, 1.0, 0.5), _fake("aen", 0.9, 1, 3.0, 0.7)], ("dead_pct", "ev"))
     assert rows[0]["dead_pct_mean"] == 2.0 and math.isclose(rows[0]["dead_pct_std"], math.sqrt(2))
     assert math.isclose(rows[0]["ev_mean"], 0.6)
     assert (rows[0]["dead_pct_min"], rows[0]["dead_pct_max"]) == (1.0, 3.0)
@@ -66,9 +66,9 @@ def test_summary_is_the_mean_and_sample_std_over_seeds():
 def test_claim_check_applies_its_criteria(aen_dead, aen_ev, reproduced):
     records = [_fake("relu_l1", 0.9, 0, 10.0, 0.75), _fake("topk_auxk", 0.9, 0, 8.0, 0.82),
                _fake("aen", 0.9, 0, aen_dead, aen_ev), _fake("aen", 0.0, 0, 50.0, 0.1)]
-    check = sweep.claim_check(records)
+    check = sweep_report.claim_check(records)
     assert check["rho"] == 0.9 and check["reproduced"] is reproduced
-    assert ("**Reproduced**" in sweep.claim_statement(check)) is reproduced
+    assert ("**Reproduced**" in sweep_report.claim_statement(check)) is reproduced
 
 
 def test_unknown_method_is_rejected():

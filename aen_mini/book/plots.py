@@ -1,25 +1,16 @@
-"""The book's figures and tables: each plot function draws one figure with matplotlib and returns the Figure.
+"""The book's figures: each plot function draws one figure with matplotlib and returns the Figure.
 
 Functions that take `ax` draw into that Axes (and return its Figure) so figures can be composed; otherwise
-they create their own. Nothing here computes results: numbers come from aen_mini.eval.metrics / geometry.
-
-Every figure is drawn for the book's text column (752 px wide at a 1280 px window, where a figure of
-FIG_WIDTH inches at 100 dpi is shown at most 1.3x smaller), with no font below 10 pt, so text reads at
->= 10 px; at most two panels per row. Each method has one colour (METHOD_COLORS, method_color), the same in
-every figure; AEN is drawn thicker, in vermillion. `html_table` renders rows of results as an HTML table.
+they create their own. Sizes, fonts and colours come from aen_mini.book.style; tables are in
+aen_mini.book.tables. Nothing here computes results except the atom matching that ``plot_atoms`` draws.
 """
 
 from __future__ import annotations
 
-import functools
-import html
 import math
-import re
-from typing import Any, Callable, Mapping, Sequence, TypeVar
+from typing import Mapping, Sequence
 
-import matplotlib
 import matplotlib.pyplot as plt
-import numpy as np
 import torch
 from matplotlib.axes import Axes
 from matplotlib.colors import ListedColormap
@@ -29,13 +20,11 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 from torch import Tensor
 
 from aen_mini.book.geometry import ActivationRegions, CodePath
+from aen_mini.book.style import (FIG_WIDTH, SWEEP_LABELS, axes_or_new, book_style, legend_below, line_style, method_color,
+                                 panels)
 from aen_mini.eval.recovery import dictionary_recovery
 
 __all__ = [
-    "METHOD_COLORS",
-    "method_color",
-    "html_table",
-    "sweep_table",
     "plot_activation_regions",
     "plot_atoms",
     "plot_code_paths",
@@ -50,165 +39,6 @@ __all__ = [
     "plot_method_bars",
 ]
 
-# Okabe-Ito colours (distinguishable with the common colour-vision deficiencies); AEN alone is vermillion.
-METHOD_COLORS: dict[str, str] = {
-    "relu_l1": "#0072B2",                # blue
-    "relu_l1_resample": "#56B4E9",       # sky blue: the same penalty, plus resampling
-    "topk": "#009E73",                   # bluish green
-    "elastic_net": "#E69F00",            # orange
-    "adaptive_lasso": "#CC79A7",         # reddish purple
-    "aen": "#D55E00",                    # vermillion, drawn thicker
-    "elastic_net_strong_l2": "#8C6D31",  # brown
-    "aen_strong_l2": "#7A1F00",          # dark vermillion
-}
-# Other spellings of the same methods: sweep labels ("ReLU + L1") and variant names ("topk").
-_METHOD_ALIASES = {"relu_l1_resampling": "relu_l1_resample", "topk_auxk": "topk", "elastic_net_l2_l1":
-                   "elastic_net_strong_l2", "aen_l2_l1": "aen_strong_l2"}
-# Runs that are not methods (e.g. "lasso (λ2 = 0)") get these greys and browns, never a method's colour.
-_OTHER_COLORS = ("#000000", "#999999", "#8C564B", "#17BECF", "#BCBD22", "#7F7F7F")
-
-FIG_WIDTH = 9.0  # inches; 900 px at 100 dpi, shown in the 752 px text column, so 10 pt stays >= 10 px
-BOOK_RC = {"font.size": 11, "axes.titlesize": 11, "axes.labelsize": 11, "xtick.labelsize": 10,
-           "ytick.labelsize": 10, "legend.fontsize": 10, "legend.title_fontsize": 10, "figure.titlesize": 12,
-           "figure.dpi": 100}
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _method_key(name: str) -> str | None:
-    """The palette key of a method name, label or ablation ("relu_l1+warmup", "aen[beta=0.999]" -> its family)."""
-    key = re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
-    key = _METHOD_ALIASES.get(key, key)
-    if key in METHOD_COLORS:
-        return key
-    return next((f for f in sorted(METHOD_COLORS, key=len, reverse=True) if key.startswith(f + "_")), None)
-
-
-def method_color(name: str) -> str:
-    """The colour of a method, by name ("aen"), variant ("topk") or label ("TopK + AuxK")."""
-    key = _method_key(name)
-    if key is None:
-        raise ValueError(f"no colour for method {name!r}; known: {sorted(METHOD_COLORS)} (add it to METHOD_COLORS)")
-    return METHOD_COLORS[key]
-
-
-def _style(name: str, others: list[str]) -> dict[str, Any]:
-    """Line style of run `name`: its method's colour (AEN thicker, on top), else the next non-method colour."""
-    key = _method_key(name)
-    if key is None:
-        if name not in others:
-            others.append(name)
-        return {"color": _OTHER_COLORS[others.index(name) % len(_OTHER_COLORS)]}
-    return {"color": METHOD_COLORS[key], "lw": 2.6 if key.startswith("aen") else 1.6,
-            "zorder": 3 if key.startswith("aen") else 2}
-
-
-def _book_style(draw: F) -> F:
-    """Draw under BOOK_RC (fonts are fixed when text is created, so this sets every label's size)."""
-
-    @functools.wraps(draw)
-    def styled(*args: Any, **kwargs: Any) -> Any:
-        with plt.rc_context(BOOK_RC):
-            fig = draw(*args, **kwargs)
-            interactive = matplotlib.is_interactive()
-        # Jupyter's inline backend turns interactive mode on when the first figure loads it; rc_context's exit
-        # would turn it off again, and no later figure would be shown.
-        matplotlib.interactive(interactive)
-        return fig
-
-    return styled  # type: ignore[return-value]
-
-
-def _panels(n: int, height: float, sharex: bool = False, sharey: bool = False) -> tuple[Figure, list[Axes]]:
-    """n panels, two per row, FIG_WIDTH wide; the unused last cell of an odd grid is removed."""
-    if n < 1:
-        raise ValueError("a figure needs at least one panel")
-    cols = 1 if n == 1 else 2
-    rows = math.ceil(n / cols)
-    width = FIG_WIDTH * (0.55 if n == 1 else 1.0)
-    fig, axes = plt.subplots(rows, cols, figsize=(width, height * rows), sharex=sharex, sharey=sharey,
-                             constrained_layout=True, squeeze=False)
-    flat = list(axes.flat)
-    for ax in flat[n:]:
-        ax.remove()
-    return fig, flat[:n]
-
-
-def _legend_below(fig: Figure, axes: Sequence[Axes]) -> None:
-    """One legend for the whole figure, under the panels (a legend beside them would narrow every panel)."""
-    handles, labels = axes[0].get_legend_handles_labels()
-    if handles:
-        fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 3), frameon=False)
-
-
-_CELL_PADDING = "padding: 0.15em 0.35em"
-# Headers wrap and the table is set a little smaller, so a results table of a dozen columns fits the 752 px column.
-_TABLE_STYLE = "font-size: 0.75em"
-_HEADER_STYLE = f"{_CELL_PADDING}; white-space: normal; vertical-align: bottom"
-
-
-def html_table(rows: Sequence[Mapping[str, Any]] | Sequence[Sequence[Any]], columns: Sequence[str] | Mapping[str, str],
-               *, digits: int = 3, formats: Mapping[str, str] | None = None, caption: str | None = None) -> Any:
-    """Rows as an HTML table (IPython.display.HTML), numbers rounded.
-
-    `rows` are mappings (read at the keys of `columns`) or sequences (in the order of `columns`); `columns`
-    is a list of keys, or {key: header}. Floats are written with `digits` significant digits unless
-    `formats` gives a format for their column (e.g. {"dead_pct": "{:.1f}"}); NaN is written as "n/a".
-    `caption` (say which model and data produced the numbers) is shown above the table.
-    """
-    from IPython.display import HTML  # ipywidgets (a dependency) brings IPython
-
-    headers = dict(columns) if isinstance(columns, Mapping) else {c: c for c in columns}
-    keys, formats = list(headers), dict(formats or {})
-    unknown = sorted(set(formats) - set(keys))
-    if unknown:
-        raise ValueError(f"formats for columns {unknown} that the table does not have ({keys})")
-
-    def cell(key: str, value: Any) -> str:
-        if isinstance(value, float) and math.isnan(value):
-            text, numeric = "n/a", True
-        elif isinstance(value, (bool, str)) or value is None:
-            text, numeric = "" if value is None else str(value), False
-        elif isinstance(value, (int, float, np.integer, np.floating)):
-            text = formats[key].format(value) if key in formats else \
-                str(value) if isinstance(value, (int, np.integer)) else f"{value:.{digits}g}"
-            numeric = True
-        else:
-            text, numeric = str(value), False
-        align = "text-align: right; " if numeric else ""
-        return f'<td style="{align}{_CELL_PADDING}">{html.escape(text)}</td>'
-
-    body = []
-    for i, row in enumerate(rows):
-        if isinstance(row, Mapping):
-            missing = [k for k in keys if k not in row]
-            if missing:
-                raise ValueError(f"row {i} has no {missing}; it has {sorted(row)}")
-            values = [row[k] for k in keys]
-        else:
-            values = list(row)
-            if len(values) != len(keys):
-                raise ValueError(f"row {i} has {len(values)} values for {len(keys)} columns")
-        body.append("<tr>" + "".join(cell(k, v) for k, v in zip(keys, values)) + "</tr>")
-    head = "".join(f'<th style="{_HEADER_STYLE}">{html.escape(str(headers[k]))}</th>' for k in keys)
-    title = f"<caption>{html.escape(caption)}</caption>" if caption else ""
-    return HTML(f'<table class="dataframe aen-table" style="{_TABLE_STYLE}">{title}<thead><tr>{head}</tr></thead>'
-                f"<tbody>{''.join(body)}</tbody></table>")
-
-
-def sweep_table(summary: Sequence[Mapping[str, Any]], metrics: Sequence[str], *, caption: str,
-                digits: int = 3) -> Any:
-    """An HTML table of ``aen_mini.experiments.sweep.summarise`` rows (the book's replacement for printing
-    ``sweep.markdown_table``): method, rho, seeds, l1, then "mean ± std" over seeds for each metric."""
-    missing = [f"{m}_mean" for m in metrics if summary and f"{m}_mean" not in summary[0]]
-    if missing:
-        raise ValueError(f"summary rows have no {missing}; summarise the records with these metrics")
-    rows = [[r["label"], r["rho"], r.get("n_seeds", 1), "k" if r.get("l1_coeff") is None else f"{r['l1_coeff']:.3g}",
-             *(f"{r[f'{m}_mean']:.{digits}g} ± {r[f'{m}_std']:.2g}" for m in metrics)] for r in summary]
-    headers = ["method", "ρ", "seeds", "l1", *(SWEEP_LABELS.get(m, m) for m in metrics)]
-    return html_table(rows, headers, caption=caption)
-
-
 CURVE_LABELS = {
     "mse": "reconstruction error (MSE)",
     "l0": "L0 (active latents per input)",
@@ -219,14 +49,7 @@ CURVE_LABELS = {
 }
 
 
-def _axes(ax: Axes | None, figsize: tuple[float, float]) -> tuple[Figure, Axes]:
-    if ax is not None:
-        return ax.figure, ax
-    fig, ax = plt.subplots(figsize=figsize, constrained_layout=True)
-    return fig, ax
-
-
-@_book_style
+@book_style
 def plot_training_curves(
     histories: Mapping[str, Sequence[Mapping[str, float]]] | Sequence[Mapping[str, float]],
     keys: Sequence[str] = ("mse", "l0", "dead_pct"),
@@ -242,19 +65,19 @@ def plot_training_curves(
         missing = [k for k in (*keys, "step") if k not in history[0]]
         if missing:
             raise ValueError(f"history {name!r} has no key(s) {missing}; it has {sorted(history[0])}")
-    fig, axes = _panels(len(keys), 2.8, sharex=True)
+    fig, axes = panels(len(keys), 2.8, sharex=True)
     others: list[str] = []
     for ax, key in zip(axes, keys):
         for name, history in runs.items():
-            ax.plot([r["step"] for r in history], [r[key] for r in history], label=name or None, **_style(name, others))
+            ax.plot([r["step"] for r in history], [r[key] for r in history], label=name or None, **line_style(name, others))
         ax.set_xlabel("step")
         ax.set_title(CURVE_LABELS.get(key, key))
     if any(runs):
-        _legend_below(fig, axes)
+        legend_below(fig, axes)
     return fig
 
 
-@_book_style
+@book_style
 def plot_atoms(D_true: Tensor, D_learned: Tensor, threshold: float = 0.9) -> Figure:
     """Learned vs true atoms after the one-to-one matching of recovery.dictionary_recovery.
 
@@ -290,12 +113,12 @@ def _active_set_name(mask: int, m: int) -> str:
     return "{" + ",".join(members) + "}" if members else "none"
 
 
-@_book_style
+@book_style
 def plot_activation_regions(
     regions: ActivationRegions, D: Tensor, title: str | None = None, ax: Axes | None = None
 ) -> Figure:
     """The plane coloured by active set, with the atoms drawn as arrows (atom j is labelled j + 1)."""
-    fig, ax = _axes(ax, (4.4, 5.2))
+    fig, ax = axes_or_new(ax, (4.4, 5.2))
     m = regions.codes.shape[-1]
     labels = regions.labels
     present = labels.unique().tolist()
@@ -321,23 +144,23 @@ def plot_activation_regions(
     return fig
 
 
-@_book_style
+@book_style
 def plot_code_paths(paths: Mapping[str, CodePath]) -> Figure:
     """One panel per path: each code h_j along the segment (t from 0 to 1), with the largest jump noted."""
     if not paths:
         raise ValueError("paths must hold at least one CodePath")
-    fig, axes = _panels(len(paths), 3.2, sharey=True)
+    fig, axes = panels(len(paths), 3.2, sharey=True)
     for ax, (name, path) in zip(axes, paths.items()):
         for j in range(path.codes.shape[1]):
             ax.plot(path.t.numpy(), path.codes[:, j].numpy(), label=f"$h_{j + 1}$")
         ax.set_title(f"{name}\nlargest step {path.max_jump():.2f}, slope {path.max_slope():.3g}")
         ax.set_xlabel("position t along the segment")
     axes[0].set_ylabel("exact code")
-    _legend_below(fig, axes)
+    legend_below(fig, axes)
     return fig
 
 
-@_book_style
+@book_style
 def plot_lipschitz(
     x_values: Sequence[float],
     curves: Mapping[str, Sequence[float]],
@@ -347,13 +170,13 @@ def plot_lipschitz(
     ax: Axes | None = None,
 ) -> Figure:
     """Lipschitz constants (log scale) against a parameter, one line per curve; inf values are left out."""
-    fig, ax = _axes(ax, (6.0, 3.8))
+    fig, ax = axes_or_new(ax, (6.0, 3.8))
     others: list[str] = []
     for name, values in curves.items():
         if len(values) != len(x_values):
             raise ValueError(f"curve {name!r} has {len(values)} values but there are {len(x_values)} x values")
         finite = [(x, y) for x, y in zip(x_values, values) if math.isfinite(y)]
-        style = {"ls": "--", "color": "k"} if name == "bound" else _style(name, others)
+        style = {"ls": "--", "color": "k"} if name == "bound" else line_style(name, others)
         ax.plot(*zip(*finite) if finite else ([], []), marker="o", ms=3, label=name, **style)
     ax.set_yscale("log")
     if logx:
@@ -367,17 +190,6 @@ def plot_lipschitz(
 
 
 # --- chapters 3-4: the synthetic starvation sweep and adaptive reweighting -------------------------------
-SWEEP_LABELS = {
-    "dead_pct": "dead latents (%)",
-    "ev": "explained variance",
-    "l0": "L0 (active latents per input)",
-    "support_f1": "support F1",
-    "shrinkage": "shrinkage ratio",
-    "dict_recovery": "atoms recovered (cos ≥ 0.9)",
-    "recovery_mean_cos": "mean matched cosine",
-}
-
-
 def _log_axis(axis) -> None:
     """Log scale with plain-number labels (2 reads better than 2 x 10^0), with more ticks per decade the
     shorter the range, so that a range shorter than a decade still gets several labels; call it after plotting."""
@@ -390,13 +202,13 @@ def _log_axis(axis) -> None:
     axis.set_minor_formatter(NullFormatter())
 
 
-@_book_style
+@book_style
 def plot_rho_sweep(summary: Sequence[Mapping[str, float]], metrics: Sequence[str] = ("dead_pct", "ev", "support_f1"),
                    methods: Sequence[str] | None = None) -> Figure:
     """One panel per metric against rho, one line per method: the mean over seeds, with bars from the lowest to
     the highest seed (a standard deviation would hide a split between seeds that collapsed and seeds that did not).
 
-    `summary` holds rows of aen_mini.experiments.sweep.summarise: "method", "label", "rho", "<metric>_mean", "_min", "_max".
+    `summary` holds rows of aen_mini.experiments.sweep_report.summarise: "method", "label", "rho", "<metric>_mean", "_min", "_max".
     """
     rows = list(summary)
     if not rows:
@@ -405,7 +217,7 @@ def plot_rho_sweep(summary: Sequence[Mapping[str, float]], metrics: Sequence[str
     if missing:
         raise ValueError(f"summary rows have no {missing}; summarise the records with these metrics")
     methods = list(methods) if methods is not None else list(dict.fromkeys(r["method"] for r in rows))
-    fig, axes = _panels(len(metrics), 3.0, sharex=True)
+    fig, axes = panels(len(metrics), 3.0, sharex=True)
     others: list[str] = []
     for ax, metric in zip(axes, metrics):
         for method in methods:
@@ -417,14 +229,14 @@ def plot_rho_sweep(summary: Sequence[Mapping[str, float]], metrics: Sequence[str
             spread = [[m - r[f"{metric}_min"] for m, r in zip(mean, line)],
                       [r[f"{metric}_max"] - m for m, r in zip(mean, line)]]
             ax.errorbar(rho, mean, yerr=spread, marker="o", ms=3, capsize=2, label=line[0]["label"],
-                        **_style(method, others))
+                        **line_style(method, others))
         ax.set_xlabel("coherence ρ")
         ax.set_title(SWEEP_LABELS.get(metric, metric))
-    _legend_below(fig, axes)
+    legend_below(fig, axes)
     return fig
 
 
-@_book_style
+@book_style
 def plot_weight_trajectories(steps: Sequence[int], weights: Tensor, warmup: tuple[int, int] | None = None,
                              quantiles: Sequence[float] = (0.05, 0.25, 0.5, 0.75, 0.95)) -> Figure:
     """Quantiles over latents of the effective L1 weights w~ (T, d_sae) at each recorded step, with the
@@ -445,13 +257,13 @@ def plot_weight_trajectories(steps: Sequence[int], weights: Tensor, warmup: tupl
     return fig
 
 
-@_book_style
+@book_style
 def plot_code_magnitudes(pairs: Mapping[str, tuple[Tensor, Tensor]], max_points: int = 3000) -> Figure:
     """One panel per method: learned code against the true magnitude for active (sample, atom) pairs, with the
     least-squares slope through the origin (1 = no shrinkage) and the identity line."""
     if not pairs:
         raise ValueError("pairs must hold at least one (true, learned) pair of tensors")
-    fig, axes = _panels(len(pairs), 3.4, sharex=True, sharey=True)
+    fig, axes = panels(len(pairs), 3.4, sharex=True, sharey=True)
     others: list[str] = []
     for ax, (name, (true, learned)) in zip(axes, pairs.items()):
         true, learned = true.double().flatten(), learned.double().flatten()
@@ -459,7 +271,7 @@ def plot_code_magnitudes(pairs: Mapping[str, tuple[Tensor, Tensor]], max_points:
             raise ValueError(f"{name}: true and learned must be non-empty and of one length")
         slope = (true @ learned / (true @ true)).item()
         keep = torch.linspace(0, true.numel() - 1, min(max_points, true.numel())).long()
-        ax.scatter(true[keep].numpy(), learned[keep].numpy(), s=3, alpha=0.3, color=_style(name, others)["color"])
+        ax.scatter(true[keep].numpy(), learned[keep].numpy(), s=3, alpha=0.3, color=line_style(name, others)["color"])
         top = true.max().item()
         ax.plot([0, top], [0, top], "k:", lw=1, label="no shrinkage")
         ax.plot([0, top], [0, slope * top], "k-", lw=1.2, label=f"slope {slope:.2f}")
@@ -470,7 +282,7 @@ def plot_code_magnitudes(pairs: Mapping[str, tuple[Tensor, Tensor]], max_points:
     return fig
 
 
-@_book_style
+@book_style
 def plot_weights_vs_usage(usage: Tensor, weights: Tensor, matched_cos: Tensor, title: str | None = None) -> Figure:
     """Each latent's final effective L1 weight against its running mean activation (log-log), coloured by the
     cosine of its atom with the true atom it is matched to: spurious latents sit at the high-weight end."""
@@ -490,14 +302,14 @@ def plot_weights_vs_usage(usage: Tensor, weights: Tensor, matched_cos: Tensor, t
     return fig
 
 
-@_book_style
+@book_style
 def plot_histogram(hist: Mapping[str, object], title: str, ax: Axes | None = None) -> Figure:
     """A histogram given as counts and bin edges (``aen_mini.eval.features.density_histogram`` /
     ``activation_histogram``); a density histogram's never-firing latents are noted in the legend."""
     edges, counts = list(hist["edges"]), list(hist["counts"])
     if len(edges) != len(counts) + 1 or not counts:
         raise ValueError(f"a histogram needs len(edges) == len(counts) + 1 >= 2, got {len(edges)} and {len(counts)}")
-    fig, ax = _axes(ax, (6.0, 3.4))
+    fig, ax = axes_or_new(ax, (6.0, 3.4))
     label = f"{hist['dead']} latents never fired" if "dead" in hist else None
     ax.stairs(counts, edges, fill=True, alpha=0.7, label=label)
     ax.set_xlabel(str(hist.get("xlabel", "")))
@@ -513,23 +325,23 @@ MATCHED_L0_LABELS = {"dead_pct": "dead latents (%)", "ev": "explained variance",
                      "embedding_recovered_zero": "embedding recovered (zero abl.)"}
 
 
-@_book_style
+@book_style
 def plot_matched_l0(rows: Sequence[Mapping[str, object]], metrics: Sequence[str], title: str) -> Figure:
     """One panel per metric against L0, one line per SAE variant (``label``), from rows such as those of
     ``benchmarks/llm.py``: SAEs compared at matched sparsity."""
     if not rows:
         raise ValueError("plot_matched_l0 needs at least one row")
-    fig, axes = _panels(len(metrics), 3.0, sharex=True)
+    fig, axes = panels(len(metrics), 3.0, sharex=True)
     labels = list(dict.fromkeys(str(r["label"]) for r in rows))
     others: list[str] = []
     for ax, metric in zip(axes, metrics):
         for label in labels:
             points = sorted((float(r["l0"]), float(r[metric])) for r in rows if r["label"] == label)
-            ax.plot(*zip(*points), "o-", label=label, **_style(label, others))
+            ax.plot(*zip(*points), "o-", label=label, **line_style(label, others))
         _log_axis(ax.xaxis)
         ax.set_xlabel("L0 (held out)")
         ax.set_title(MATCHED_L0_LABELS.get(metric, metric.replace("_", " ")))
-    _legend_below(fig, axes)
+    legend_below(fig, axes)
     fig.suptitle(title)
     return fig
 

@@ -17,7 +17,6 @@ import json
 import math
 import multiprocessing
 import os
-import platform
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, wait
@@ -28,59 +27,28 @@ from typing import Any, Callable, Iterable
 import torch
 from tqdm.auto import tqdm
 
-from aen_mini.io.atomic import atomic_write_text
-from aen_mini.eval.calibrate import search_l1
 from aen_mini.data.source import TensorSource
 from aen_mini.data.synthetic import SpikedSource
+from aen_mini.eval.calibrate import search_l1
 from aen_mini.eval.metrics import evaluate, l0
 from aen_mini.eval.recovery import dictionary_recovery
-from aen_mini.sae import SAE, make_sae
+from aen_mini.experiments import recipes
+from aen_mini.experiments.recipes import (EMA_BETA, GAMMA, MAIN_METHODS, METHODS, REF_PCT, WARMUP_FRAC,
+                                          WARMUP_START_FRAC, Method)
+from aen_mini.experiments.recipes import method as _method
+from aen_mini.experiments.report import provenance
+from aen_mini.experiments.sweep_report import claim_check, claim_statement, markdown_table, report_markdown
+from aen_mini.io.atomic import atomic_write_text
+from aen_mini.sae import SAE
 from aen_mini.train.loop import TrainConfig, train
 from aen_mini.validate import check_choice, check_positive_int
 
-__all__ = ["Method", "METHODS", "MAIN_METHODS", "SweepSize", "SIZES", "RHOS", "build_sae", "training_source", "held_out",
-           "train_method", "calibrate_l1", "train_calibrated", "matched_code_pairs", "latent_matched_cos", "run_synthetic_sweep", "summarise", "markdown_table", "claim_check",
-           "claim_statement", "write_results", "load_results", "report_markdown", "main"]
+__all__ = ["SweepSize", "SIZES", "RHOS", "build_sae", "training_source", "held_out", "train_method", "calibrate_l1",
+           "train_calibrated", "matched_code_pairs", "latent_matched_cos", "run_synthetic_sweep", "run_metadata",
+           "write_results", "load_results", "main"]
 
-
-@dataclass(frozen=True)
-class Method:
-    """One row of the comparison: an SAE variant plus how its penalties and the trainer are set."""
-
-    name: str
-    variant: str
-    label: str
-    l2_ratio: float = 0.0  # l2_coeff = l2_ratio * l1_coeff (the authors keep l2 small relative to l1)
-    adaptive: bool = False  # AdaptiveLasso / AEN: reweighting with the delayed warm-up below
-    resample: bool = False  # dead-latent resampling by the trainer (Bricken et al.)
-
-    @property
-    def calibrated(self) -> bool:
-        """Whether l1 is tuned to the target L0 (TopK fixes L0 = k by construction)."""
-        return self.variant != "topk"
-
-
-METHODS: dict[str, Method] = {m.name: m for m in (
-    Method("relu_l1", "relu_l1", "ReLU + L1"),
-    Method("relu_l1_resample", "relu_l1", "ReLU + L1 + resampling", resample=True),
-    Method("topk_auxk", "topk", "TopK + AuxK"),
-    Method("elastic_net", "elastic_net", "Elastic net", l2_ratio=0.1),
-    Method("adaptive_lasso", "adaptive_lasso", "Adaptive lasso", adaptive=True),
-    Method("aen", "aen", "AEN", l2_ratio=0.1, adaptive=True),
-    # Supplementary: an L2 term as large as the L1 one, to see whether strong convexity changes starvation.
-    Method("elastic_net_strong_l2", "elastic_net", "Elastic net (l2 = l1)", l2_ratio=1.0),
-    Method("aen_strong_l2", "aen", "AEN (l2 = l1)", l2_ratio=1.0, adaptive=True),
-)}
-MAIN_METHODS: tuple[str, ...] = ("relu_l1", "relu_l1_resample", "topk_auxk", "elastic_net", "adaptive_lasso", "aen")
 
 RHOS: tuple[float, ...] = (0.0, 0.3, 0.5, 0.7, 0.9)
-
-# Adaptive reweighting, following the authors: gamma = 1, top-1% reference, warm-up from 25% of training,
-# linear over the next 25%. beta = 0.99 rather than 0.999 because our runs are a few thousand steps, and an
-# EMA with a 1000-step memory would still remember its initial value when the reweighting switches on.
-GAMMA, EMA_BETA, REF_PCT = 1.0, 0.99, 0.01
-WARMUP_START_FRAC, WARMUP_FRAC = 0.25, 0.25
-
 
 @dataclass(frozen=True)
 class SweepSize:
@@ -101,11 +69,6 @@ class SweepSize:
     lr: float = 4e-3
     magnitude: tuple[float, float] = (1.0, 3.0)
 
-    @property
-    def dead_after_tokens(self) -> int:
-        """Silent for 5% of training counts as dead for AuxK and resampling."""
-        return self.batch_size * max(1, self.steps // 20)
-
 
 SIZES: dict[str, SweepSize] = {
     "ci": SweepSize(n=64, m=128, k=4, d_sae=128, batch_size=256, steps=600, calib_steps=600, calib_trials=5,
@@ -121,26 +84,10 @@ def _size(size: str | SweepSize) -> SweepSize:
     return SIZES[check_choice("size", size, SIZES)]
 
 
-def _method(method: str | Method) -> Method:
-    if isinstance(method, Method):
-        return method
-    return METHODS[check_choice("method", method, METHODS)]
-
-
 def build_sae(method: str | Method, size: str | SweepSize, l1_coeff: float, steps: int, seed: int) -> SAE:
-    """The method's SAE for a run of ``steps`` steps (the adaptive warm-up is a fraction of the run)."""
-    method, size = _method(method), _size(size)
-    common = {"dead_after_tokens": size.dead_after_tokens, "seed": seed}
-    if method.variant == "topk":
-        # AuxK with the default k_aux = d_in / 2 and coefficient 1/32 (Gao et al. 2024).
-        return make_sae("topk", size.n, size.d_sae, k=size.k, aux_coeff=1 / 32, **common)
-    hyper: dict[str, Any] = {"l1_coeff": l1_coeff}
-    if method.l2_ratio:
-        hyper["l2_coeff"] = method.l2_ratio * l1_coeff
-    if method.adaptive:
-        hyper.update(gamma=GAMMA, ema_beta=EMA_BETA, ref_pct=REF_PCT, warmup_start=int(WARMUP_START_FRAC * steps),
-                     warmup_steps=int(WARMUP_FRAC * steps))
-    return make_sae(method.variant, size.n, size.d_sae, **hyper, **common)
+    """The method's SAE (recipes.build_sae) at this size, for a run of ``steps`` steps."""
+    size = _size(size)
+    return recipes.build_sae(method, size.n, size.d_sae, l1_coeff, steps, size.k, size.batch_size, seed)
 
 
 class _DevicePool(TensorSource):
@@ -364,113 +311,14 @@ def run_synthetic_sweep(methods: Iterable[str] = MAIN_METHODS, rhos: Iterable[fl
     return sorted(records, key=lambda r: (rhos.index(r["rho"]), order[r["method"]], r["seed"]))
 
 
-# --- summaries ---------------------------------------------------------------------------------------------
-TABLE_METRICS = ("dead_pct", "l0", "ev", "shrinkage", "support_f1", "dict_recovery", "recovery_mean_cos")
-
-
-def summarise(records: list[dict[str, Any]], metrics: Iterable[str] = TABLE_METRICS) -> list[dict[str, Any]]:
-    """Mean, (sample) standard deviation, min and max over seeds per (method, rho): keys ``<metric>_mean``,
-    ``<metric>_std``, ``<metric>_min``, ``<metric>_max``."""
-    metrics = list(metrics)
-    groups: dict[tuple[str, float], list[dict]] = {}
-    for r in records:
-        groups.setdefault((r["method"], r["rho"]), []).append(r)
-    rows = []
-    for (method, rho), group in groups.items():
-        row: dict[str, Any] = {"method": method, "label": group[0]["label"], "rho": rho, "n_seeds": len(group),
-                               "l1_coeff": group[0]["l1_coeff"]}
-        for metric in metrics:
-            values = torch.tensor([float(r[metric]) for r in group], dtype=torch.float64)
-            row[f"{metric}_mean"] = values.mean().item()
-            row[f"{metric}_std"] = values.std().item() if len(group) > 1 else 0.0
-            row[f"{metric}_min"], row[f"{metric}_max"] = values.min().item(), values.max().item()
-        rows.append(row)
-    return rows
-
-
-def markdown_table(records: list[dict[str, Any]], metrics: Iterable[str] = TABLE_METRICS) -> str:
-    """The summary as a Markdown table, one row per (method, rho), mean ± std over seeds."""
-    metrics = list(metrics)
-    head = "| method | rho | l1 | " + " | ".join(metrics) + " |"
-    lines = [head, "|" + " --- |" * (len(metrics) + 3)]
-    for row in sorted(summarise(records, metrics), key=lambda r: (list(METHODS).index(r["method"]), r["rho"])):
-        l1 = "k" if row["l1_coeff"] is None else f"{row['l1_coeff']:.3g}"
-        cells = [f"{row[f'{m}_mean']:.3g} ± {row[f'{m}_std']:.2g}" for m in metrics]
-        lines.append(f"| {row['label']} | {row['rho']:g} | {l1} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def claim_check(records: list[dict[str, Any]], dead_ratio: float = 0.5, ev_margin: float = 0.05) -> dict[str, Any]:
-    """The paper's claim at the largest rho: AEN keeps far fewer dead latents than ReLU + L1 and TopK with
-    competitive explained variance. Per baseline b: "far fewer" means AEN's mean dead % is at most
-    ``dead_ratio`` times b's and at least 1 point below it; "competitive" means AEN's mean EV is at least b's
-    minus ``ev_margin``. ``reproduced`` needs all four; None if a method is missing."""
-    rows = {(r["method"], r["rho"]): r for r in summarise(records, ("dead_pct", "ev"))}
-    rho = max(r["rho"] for r in records)
-    get = {name: rows.get((name, rho)) for name in ("aen", "relu_l1", "topk_auxk")}
-    result: dict[str, Any] = {"rho": rho, "dead_ratio": dead_ratio, "ev_margin": ev_margin,
-                              **{f"{name}_{metric}": row[f"{metric}_mean"] if row else None
-                                 for name, row in get.items() for metric in ("dead_pct", "ev")}}
-    if any(row is None for row in get.values()):
-        return {**result, "reproduced": None}
-    aen_dead, aen_ev = result["aen_dead_pct"], result["aen_ev"]
-    for b in ("relu_l1", "topk_auxk"):
-        result[f"fewer_dead_than_{b}"] = aen_dead <= min(dead_ratio * result[f"{b}_dead_pct"], result[f"{b}_dead_pct"] - 1)
-        result[f"competitive_ev_with_{b}"] = aen_ev >= result[f"{b}_ev"] - ev_margin
-    result["reproduced"] = all(v for k, v in result.items() if k.startswith(("fewer_dead_than", "competitive_ev_with")))
-    return result
-
-
-def claim_statement(check: dict[str, Any]) -> str:
-    """One plain paragraph saying whether the claim is reproduced, with the numbers it rests on."""
-    if check["reproduced"] is None:
-        return "The claim cannot be checked: AEN, ReLU + L1 and TopK + AuxK must all be in the sweep."
-    names = {"relu_l1": "ReLU + L1", "topk_auxk": "TopK + AuxK"}
-    parts = [f"{'far fewer' if check[f'fewer_dead_than_{b}'] else 'not far fewer'} dead latents than {name} "
-             f"({check['aen_dead_pct']:.2g}% vs {check[f'{b}_dead_pct']:.2g}%) and "
-             f"{'competitive' if check[f'competitive_ev_with_{b}'] else 'not competitive'} explained variance "
-             f"({check['aen_ev']:.3f} vs {check[f'{b}_ev']:.3f})" for b, name in names.items()]
-    verdict = "**Reproduced**" if check["reproduced"] else "**Not fully reproduced**"
-    return (f"Claim: at high rho, AEN keeps far fewer dead latents than ReLU + L1 and TopK with competitive explained "
-            f"variance. {verdict} in these runs. At rho = {check['rho']:g}, AEN has {'; '.join(parts)}. Criteria: "
-            f"AEN's dead % at most {check['dead_ratio']:g}x a baseline's and at least 1 point lower; AEN's EV at "
-            f"least the baseline's minus {check['ev_margin']:g}.")
-
-
 def run_metadata(size: str | SweepSize, device: str, argv: list[str], workers: int = 1) -> dict[str, Any]:
     """Everything a result file must say about how it was made (see book/results/README.md)."""
-    import numpy
-    import scipy
-    size_name = size if isinstance(size, str) else "custom"
-    gpu = torch.cuda.get_device_name() if device.startswith("cuda") and torch.cuda.is_available() else None
-    return {"command": " ".join(argv), "aen_mini_version": _package_version(), "git_commit": _git_commit(),
-            "torch": torch.__version__, "numpy": numpy.__version__, "scipy": scipy.__version__,
-            "python": platform.python_version(), "device": device, "gpu": gpu, "cpu_threads": torch.get_num_threads(),
-            "workers": workers, "size": size_name, "sizes": asdict(_size(size)),
+    return {**provenance(argv, device, packages=("numpy", "scipy")), "workers": workers,
+            "size": size if isinstance(size, str) else "custom", "sizes": asdict(_size(size)),
             "source": "synthetic spiked dictionaries (no model)",
             "adaptive": {"gamma": GAMMA, "ema_beta": EMA_BETA, "ref_pct": REF_PCT,
                          "warmup_start_frac": WARMUP_START_FRAC, "warmup_frac": WARMUP_FRAC},
             "l2_ratio": {m.name: m.l2_ratio for m in METHODS.values()}}
-
-
-def _package_version() -> str | None:
-    # An editable install can expose aen_mini as a namespace package without __version__; then ask the metadata.
-    import importlib.metadata
-
-    import aen_mini
-    try:
-        return getattr(aen_mini, "__version__", None) or importlib.metadata.version("aen-mini")
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
-def _git_commit() -> str | None:
-    import subprocess
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
-                              cwd=Path(__file__).resolve().parent).stdout.strip() or None
-    except (OSError, subprocess.CalledProcessError):
-        return None
 
 
 def write_results(path: str | Path, records: list[dict], metadata: dict, complete: bool) -> Path:
@@ -485,72 +333,6 @@ def load_results(path: str | Path) -> tuple[list[dict], dict]:
     if not isinstance(data, dict) or "records" not in data:
         raise ValueError(f"{path} is not a synthetic sweep result file (no 'records')")
     return data["records"], {**data.get("metadata", {}), "complete": data.get("complete", False)}
-
-
-def _unstable_cells(records: list[dict], spread: float = 10.0) -> str:
-    """A sentence naming the (method, rho) cells whose seeds disagree on dead % by more than ``spread`` points."""
-    cells = []
-    for row in summarise(records, ("dead_pct",)):
-        values = [r["dead_pct"] for r in records if r["method"] == row["method"] and r["rho"] == row["rho"]]
-        if max(values) - min(values) > spread:
-            cells.append(f"{row['label']} at rho = {row['rho']:g} (dead % per seed: "
-                         + ", ".join(f"{v:.1f}" for v in values) + ")")
-    if not cells:
-        return f"Every cell's seeds agree on dead % within {spread:g} points."
-    return (f"Seeds disagree on dead % by more than {spread:g} points in: {'; '.join(cells)}. A mean ± std hides "
-            "such a split: some seeds collapsed and others did not.")
-
-
-def report_markdown(records: list[dict], metadata: dict) -> str:
-    """benchmarks/synthetic.md: the claim check, the table, and how the numbers were made."""
-    size = metadata["sizes"]
-    seeds = sorted({r["seed"] for r in records})
-    adaptive = metadata["adaptive"]
-    where = metadata["gpu"] or metadata["device"]
-    return f"""# Synthetic starvation sweep
-
-{claim_statement(claim_check(records))}
-
-Mean ± standard deviation over seeds {seeds} of metrics on {size['eval_samples']} held-out samples with ground
-truth. dead_pct: % of latents that never fire on the held-out set; l0: mean active latents per sample; ev:
-explained variance; shrinkage: mean ||x_hat||_1 / ||x||_1; support_f1: F1 of the learned supports against the
-true ones through a Hungarian atom matching; dict_recovery: fraction of true atoms whose matched learned atom has
-cos >= 0.9; recovery_mean_cos: mean cosine of that matching. Column l1: the calibrated L1 coefficient (TopK uses
-k = {size['k']} instead).
-
-A note on dictionary recovery: for rho > 0 every true atom is sqrt(1 - rho) u_j + sqrt(rho) v with one shared spike v.
-Each sample's spike content is the sum of its k magnitudes, which varies little around its mean, so an SAE can put
-most of the spike into b_dec and learn atoms close to u_j, whose cosine with the true atom is about sqrt(1 - rho)
-(0.84 at rho = 0.3). Recovery at cos >= 0.9 therefore drops to about 0 for rho >= 0.3 for every method, while
-support F1 (which only needs the matching) stays informative.
-
-{markdown_table(records)}
-
-{_unstable_cells(records)}
-
-## How it was run
-
-- Command: `{metadata['command']}` ({'complete' if metadata.get('complete', True) else 'INCOMPLETE: the run stopped early'}; {metadata.get('wall_s', float('nan')):.0f} s wall clock).
-- Device: {where}; {metadata['workers']} worker process(es); torch {metadata['torch']}, numpy {metadata['numpy']},
-  scipy {metadata['scipy']}, Python {metadata['python']}; aen-mini {metadata['aen_mini_version']}
-  ({f"commit {metadata['git_commit']}" if metadata['git_commit'] else 'commit unknown: run outside a git checkout'}).
-- Data: `SpikedSource(n={size['n']}, m={size['m']}, k={size['k']}, rho, magnitude U{list(size['magnitude'])})`, no noise;
-  a new dictionary per seed. Training batches come from a pool of {size['pool']} samples per (rho, seed), shared by
-  every method; evaluation uses {size['eval_samples']} separate samples.
-- SAE: d_sae = {size['d_sae']} (= m, the paper's setting); Adam lr {size['lr']}, linear decay over the last 20% of
-  training, gradient clip 1, batch {size['batch_size']}, {size['steps']} steps
-  ({size['steps'] * size['batch_size']:,} tokens) per run; b_dec initialised at the mean of the first batch.
-- Calibration: for every method but TopK, at each rho, the L1 coefficient is searched on seed 0's data (expand by 4x
-  until bracketed, then interpolate log L0 in log l1; at most {size['calib_trials']} runs of {size['calib_steps']} steps)
-  for held-out L0 within 10% of k = {size['k']}, and the closest trial is used for every seed.
-- Elastic net and AEN: l2 = {metadata['l2_ratio']['aen']} x l1. Adaptive lasso and AEN: gamma = {adaptive['gamma']},
-  EMA beta = {adaptive['ema_beta']} (0.99 rather than the authors' 0.999 because runs are short), ref_pct =
-  {adaptive['ref_pct']}, warm-up from {adaptive['warmup_start_frac']:.0%} of training, linear over
-  {adaptive['warmup_frac']:.0%}.
-- TopK: k = {size['k']}, AuxK with k_aux = n / 2 and coefficient 1/32. Resampling (Bricken et al.): every
-  steps / 5 + 1 steps. A latent counts as dead for AuxK and resampling after {size['batch_size'] * max(1, size['steps'] // 20):,} tokens without firing.
-- wall_s per record is measured inside a worker; with several workers sharing one GPU it includes contention.
-"""
 
 
 def main(argv: list[str] | None = None, default_out: str = "book/results", prog: str = "python -m aen_mini.experiments.sweep") -> list[dict]:

@@ -1,9 +1,9 @@
 """Crash-safety harness: train in a subprocess, SIGKILL it at random points after a checkpoint exists, resume,
 and compare the finished run with an uninterrupted one. Used by tests/test_crash_resume.py (1 kill) and
-benchmarks/reliability.py (several).
+benchmarks/reliability.py (several), so it lives in the package, where both may import it.
 
-    python crash_worker.py RUN_DIR      trains the run described by RUN_DIR/spec.json, resuming from
-                                        RUN_DIR/checkpoint.safetensors if it exists
+    python -m aen_mini.run.crash_worker RUN_DIR    trains the run described by RUN_DIR/spec.json, resuming from
+                                                   RUN_DIR/checkpoint.safetensors if it exists
 """
 from __future__ import annotations
 
@@ -60,9 +60,12 @@ def run(run_dir: Path) -> None:
 
 
 def _start(run_dir: Path) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, __file__, str(run_dir)], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    # this checkout's aen_mini first on the child's path, whatever the caller's working directory
+    package_root = str(Path(__file__).resolve().parents[2])
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
+    return subprocess.Popen([sys.executable, "-m", "aen_mini.run.crash_worker", str(run_dir)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
 def _finish(proc: subprocess.Popen, what: str) -> None:
