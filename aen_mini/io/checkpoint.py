@@ -41,16 +41,16 @@ def _digest(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> str:
     return h.hexdigest()
 
 
-def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
-    state = optimizer.state_dict()
+def _optimizer_tensors(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
     tensors = {f"optim.{idx}.{key}": value if torch.is_tensor(value) else torch.tensor(value)
                for idx, per_param in state["state"].items() for key, value in per_param.items()}
     return tensors, state["param_groups"]
 
 
-def save_checkpoint(path: str | os.PathLike, sae: SAE, optimizer: torch.optim.Optimizer | None = None,
+def save_checkpoint(path: str | os.PathLike, sae: SAE, optimizer: torch.optim.Optimizer | dict[str, Any] | None = None,
                     train_state: dict[str, Any] | None = None) -> Path:
-    """Write the checkpoint atomically. Refuses weights that hold NaN or inf."""
+    """Write the checkpoint atomically. ``optimizer``: the optimiser or its ``state_dict()`` (a latent-sharded run
+    saves the state gathered from every rank). Refuses weights that hold NaN or inf."""
     if not isinstance(sae, SAE):
         raise TypeError(f"sae must be an aen_mini SAE, got {type(sae).__name__}")
     tensors = {f"sae.{k}": v for k, v in sae.state_dict().items()}
@@ -59,7 +59,8 @@ def save_checkpoint(path: str | os.PathLike, sae: SAE, optimizer: torch.optim.Op
             raise ValueError(f"refusing to write checkpoint {path}: {name} holds NaN or inf")
     groups = None
     if optimizer is not None:
-        optim_tensors, groups = _optimizer_tensors(optimizer)
+        state = optimizer.state_dict() if isinstance(optimizer, torch.optim.Optimizer) else optimizer
+        optim_tensors, groups = _optimizer_tensors(state)
         tensors.update(optim_tensors)
     metadata = {
         "format": FORMAT,
@@ -71,6 +72,15 @@ def save_checkpoint(path: str | os.PathLike, sae: SAE, optimizer: torch.optim.Op
     return atomic_save_safetensors(tensors, path, metadata)
 
 
+def read_safetensors(path: Path, what: str = "") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(tensors, metadata) of a safetensors file on the CPU; a damaged file is a ValueError naming it."""
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            return {name: f.get_tensor(name) for name in f.keys()}, f.metadata() or {}
+    except Exception as err:  # safetensors raises its own error types for every kind of damage
+        raise ValueError(f"{what}{path} is truncated or not a safetensors file ({err})") from None
+
+
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> Checkpoint:
     """Read a checkpoint; raises FileNotFoundError or ValueError naming the file and the problem."""
     path = Path(path)
@@ -78,12 +88,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     if not path.is_file():
         raise ValueError(f"checkpoint {path} is not a file")
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            metadata = f.metadata() or {}
-            tensors = {name: f.get_tensor(name) for name in f.keys()}
-    except Exception as err:  # safetensors raises its own error types for every kind of damage
-        raise ValueError(f"checkpoint {path} is truncated or not a safetensors file ({err})") from None
+    tensors, metadata = read_safetensors(path, "checkpoint ")
     if metadata.get("format") != FORMAT:
         raise ValueError(f"checkpoint {path} is not an aen-mini checkpoint (format {metadata.get('format')!r}, expected {FORMAT!r})")
     if _digest(tensors, metadata) != metadata.get("sha256"):

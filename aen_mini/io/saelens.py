@@ -38,10 +38,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 
 from aen_mini.io.atomic import atomic_save_safetensors, atomic_write_text
-from aen_mini.io.checkpoint import load_sae_state
+from aen_mini.io.checkpoint import load_sae_state, read_safetensors
 from aen_mini.sae import SAE, VARIANTS, make_sae, sae_from_config, variant_class
 from aen_mini.validate import check_choice, check_positive_int
 
@@ -184,11 +183,7 @@ def _build(cfg: dict[str, Any], cfg_path: Path, architecture: str) -> SAE:
 def _read_weights(path: Path, architecture: str, d_in: int, d_sae: int) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise FileNotFoundError(f"SAELens weights {path} do not exist")
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            weights = {name: f.get_tensor(name) for name in f.keys()}
-    except Exception as err:  # safetensors raises its own error types for every kind of damage
-        raise ValueError(f"{path} is truncated or not a safetensors file ({err})") from None
+    weights, _ = read_safetensors(path)
     needed = {"W_enc", "W_dec", "b_enc", "b_dec"} | ({"threshold"} if architecture == "jumprelu" else set())
     if set(weights) != needed:
         raise ValueError(f"{path} holds tensors {sorted(weights)}; a {architecture} SAE needs {sorted(needed)}")

@@ -139,16 +139,6 @@ def _gather_to_main(local: torch.Tensor, axis: int) -> torch.Tensor | None:
     return torch.cat(parts, dim=axis)
 
 
-class _FullOptimizer:
-    """Stands in for the optimizer when saving: ``save_checkpoint`` only calls ``state_dict()``."""
-
-    def __init__(self, state: dict[str, Any]) -> None:
-        self._state = state
-
-    def state_dict(self) -> dict[str, Any]:
-        return self._state
-
-
 # --- the strategy --------------------------------------------------------------------------------------------------
 class _LatentShardedStats(StatReducer):
     def __init__(self, world_size: int) -> None:
@@ -242,7 +232,7 @@ class LatentSharded(_DistributedStrategy):
         full = self.gather_sae(sae)
         optim_state = self._gather_optimizer(sae, optimizer)
         if self.is_main:
-            save_checkpoint(path, full, _FullOptimizer(optim_state), train_state)
+            save_checkpoint(path, full, optim_state, train_state)
         dist.barrier()
 
 
