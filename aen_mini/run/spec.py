@@ -326,14 +326,13 @@ RUN_DEFAULT_NOTES = {"l1_coeff": "1.0 for relu_l1 and elastic_net, 0.3 for adapt
 
 
 # --- the flat form ------------------------------------------------------------------------------------------------
-def _flat_field(flat: str, dotted: str) -> tuple[str, Any, Any]:
+def _flat_field(flat: str, dotted: str, defaults: RunSpec) -> tuple[str, Any, Any]:
     """(name, annotation, field) of one flat setting, its type and default from where it lives in the spec."""
     section, _, name = dotted.partition(".")
     if section == "sae" and name not in ("variant", "latents"):  # a hyperparameter: None leaves the run default
         owner = next(config_class(v) for v in VARIANTS if name in hyperparameter_names(v))
         annotation = next(str(f.type) for f in fields(owner) if f.name == name)
         return flat, f"{annotation} | None", field(default=None)
-    defaults = RunSpec()
     owner = getattr(defaults, section) if name else defaults
     f = next(f for f in fields(owner) if f.name == (name or section))
     value = getattr(owner, f.name)
@@ -354,7 +353,7 @@ def _flat_to_spec(self: Any) -> RunSpec:
     return RunSpec.from_dict(asdict(self))
 
 
-RunConfig = make_dataclass("RunConfig", [_flat_field(k, v) for k, v in FLAT_KEYS.items()], namespace={
+RunConfig = make_dataclass("RunConfig", [_flat_field(k, v, RunSpec()) for k, v in FLAT_KEYS.items()], namespace={
     "__doc__": "A run in the flat settings of earlier versions (generated from FLAT_KEYS); ``to_spec()`` gives its "
                "RunSpec, which is what runs use.",
     "__post_init__": _flat_post_init, "validate": _flat_validate, "to_spec": _flat_to_spec,
