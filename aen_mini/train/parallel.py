@@ -77,6 +77,9 @@ class SingleProcess:
 
 
 # --- collectives -------------------------------------------------------------------------------------------------
+# Collectives run eagerly inside a compiled loss or after_step (a graph break each), so compile means the same with
+# any number of processes.
+@torch.compiler.disable
 def _all_reduce(t: torch.Tensor, op: dist.ReduceOp.RedOpType = dist.ReduceOp.SUM) -> torch.Tensor:
     t = t.clone()
     dist.all_reduce(t, op=op)

@@ -48,6 +48,7 @@ class _SharedAcrossShards(torch.autograd.Function):
         return _all_reduce(grad.contiguous())
 
 
+@torch.compiler.disable  # eager inside a compiled loss, as _all_reduce
 def _all_gather_cat(t: torch.Tensor, dim: int) -> torch.Tensor:
     parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
     dist.all_gather(parts, t.contiguous())
