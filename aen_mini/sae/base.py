@@ -42,7 +42,8 @@ class SAEConfig:
     d_sae: int
     dead_after_tokens: int = option(1_000_000, "a latent silent for this many tokens counts as dead")
     seed: int = option(0, "seed of the initialisation")
-    loss_scale: str = option("sum", "the reconstruction error summed ('sum', ours) or averaged ('mean', the authors') over features")
+    loss_scale: str = option("sum", "the reconstruction error summed ('sum', ours) or averaged ('mean', the "
+                                    "authors') over features")
 
     def __post_init__(self) -> None:
         self.d_in = check_positive_int("d_in", self.d_in)

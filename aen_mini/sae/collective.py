@@ -1,7 +1,8 @@
 """What an SAE needs to know about the other processes, as two small interfaces whose one-process versions are the
 identity: ``StatReducer`` (running statistics over the global batch, read by ``after_step``) and ``LatentComms``
-(sums and selections over every latent, for an SAE that holds only a slice of them). ``aen_mini.train.parallel`` and ``aen_mini.train.sharding``
-supplies the multi-process versions; the variants never import ``torch.distributed``."""
+(sums and selections over every latent, for an SAE that holds only a slice of them). ``aen_mini.train.parallel``
+and ``aen_mini.train.sharding`` supply the multi-process versions; the variants never import
+``torch.distributed``."""
 from __future__ import annotations
 
 import torch
@@ -16,9 +17,9 @@ def keep_top(pre: torch.Tensor, k: int) -> torch.Tensor:
 class StatReducer:
     """Turns statistics of what this process sees into statistics of the whole training step.
 
-    One process sees the whole batch and every latent, so each method is the identity; ``aen_mini.train.parallel`` and ``aen_mini.train.sharding``
-    supplies the data-parallel version (other processes hold other rows) and the latent-sharded one (other
-    processes hold other latents)."""
+    One process sees the whole batch and every latent, so each method is the identity; ``aen_mini.train.parallel``
+    supplies the data-parallel version (other processes hold other rows) and ``aen_mini.train.sharding`` the
+    latent-sharded one (other processes hold other latents)."""
 
     def batch_tokens(self, n: int) -> int:
         """Rows in the global batch, given this process's ``n``."""

@@ -9,8 +9,8 @@ from pathlib import Path
 import torch
 
 from aen_mini.sae.base import INITS
-from aen_mini.validate import (check_choice, check_in_range, check_nonnegative, check_nonnegative_int, check_positive_int,
-                               check_seed, option)
+from aen_mini.validate import (check_choice, check_in_range, check_nonnegative, check_nonnegative_int,
+                               check_positive_int, check_seed, option)
 
 PRECISIONS = ("fp32", "bf16")
 
