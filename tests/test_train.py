@@ -165,3 +165,9 @@ def test_aen_recovers_the_spiked_dictionary_at_rho_zero():
     train(sae, src, TrainConfig(steps=1500, batch_size=256, lr=3e-3, progress=False))
     recovery = dictionary_recovery(src.dictionary, sae.W_dec.detach())
     assert recovery["frac_above"] >= 0.9, recovery["frac_above"]
+
+
+def test_log_every_zero_logs_only_the_last_step():
+    result = train(make_sae("relu_l1", 4, 8), TensorSource(torch.randn(64, 4)),
+                   TrainConfig(steps=5, batch_size=16, log_every=0, progress=False))
+    assert [record["step"] for record in result.history] == [5]

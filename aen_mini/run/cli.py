@@ -40,7 +40,7 @@ from aen_mini.sae import VARIANTS, config_class, hyperparameter_names
 
 # Help beside a TrainConfig option where a run reads it differently from the trainer.
 RUN_HELP = {"train.checkpoint_every": "steps between checkpoints (0: only at the end)",
-            "train.log_every": "steps between logged records (at most a twentieth of the run)"}
+            "train.log_every": "steps between logged records (at most a twentieth of the run; 0: only the last step)"}
 OLD_FLAGS = {dotted: flat for flat, dotted in FLAT_KEYS.items()}
 
 

@@ -168,11 +168,12 @@ def _make_sae(spec: RunSpec, d_in: int) -> SAE:
 
 def _train_config(spec: RunSpec, with_checkpoint: bool) -> TrainConfig:
     """The run's TrainConfig: checkpoints at ``checkpoint_every`` (0: at the end) when ``with_checkpoint``, a log
-    record at least every twentieth of the run."""
+    record at least every twentieth of the run (log_every 0: only at the end)."""
     steps = spec.steps
     checkpoint = dict(checkpoint_every=spec.train.checkpoint_every or steps) if with_checkpoint else \
         dict(checkpoint_every=0, checkpoint_path=None)
-    return replace(spec.train, log_every=max(1, min(spec.train.log_every, steps // 20)), **checkpoint)
+    log_every = max(1, min(spec.train.log_every, steps // 20)) if spec.train.log_every else 0
+    return replace(spec.train, log_every=log_every, **checkpoint)
 
 
 def calibrate_l1(spec: RunSpec, data: RunData, device: str) -> dict[str, Any]:

@@ -42,7 +42,7 @@ class TrainConfig:
                                     "b_dec = 0; init_b_dec ignored)")
     l1_warmup_steps: int = _trajectory(0, "steps over which the l1 and l2 terms ramp in linearly (0: none)")
     resample_every: int = _trajectory(0, "steps between dead-latent resamplings (0: never)")
-    log_every: int = option(100, "steps between logged records")
+    log_every: int = option(100, "steps between logged records (0: only the last step)")
     checkpoint_every: int = option(0, "steps between checkpoints (0: none)")
     checkpoint_path: str | None = option(None, "checkpoint file")
     progress: bool = option(True, "show a progress bar")
@@ -76,7 +76,7 @@ class TrainConfig:
         if self.checkpoint_path is not None and not isinstance(self.checkpoint_path, (str, Path)):
             raise TypeError(f"checkpoint_path must be a str or Path, got {type(self.checkpoint_path).__name__}")
         check_nonnegative_int("resample_every", self.resample_every)
-        check_positive_int("log_every", self.log_every)
+        check_nonnegative_int("log_every", self.log_every)
         check_nonnegative_int("checkpoint_every", self.checkpoint_every)
         if self.checkpoint_every and not self.checkpoint_path:
             raise ValueError("checkpoint_every is set but checkpoint_path is not")

@@ -139,7 +139,7 @@ def train(sae: SAE, source: ActivationSource, cfg: TrainConfig, *,
     # The plain step checks every loss on the host before updating, so a NaN never reaches the weights. The fused
     # step skips a non-finite update on the device (fused Adam's found_inf, buffers restored), so on a GPU it is
     # checked once per log window instead of stalling the pipeline every step.
-    check_every = cfg.log_every if cfg.fast and device.type != "cpu" else 1
+    check_every = (cfg.log_every or cfg.steps) if cfg.fast and device.type != "cpu" else 1
     pending: list[torch.Tensor] = []
     t0, tokens_at_t0 = time.perf_counter(), start * cfg.batch_size
     bar = tqdm(total=cfg.steps, initial=start, disable=not (cfg.progress and parallel.is_main), unit="step",
@@ -164,7 +164,7 @@ def train(sae: SAE, source: ActivationSource, cfg: TrainConfig, *,
             parallel.resample(sae, x, optimizer, seed=cfg.seed * 1_000_003 + step)
 
         done = step + 1
-        if done % cfg.log_every == 0 or done == cfg.steps:
+        if (cfg.log_every and done % cfg.log_every == 0) or done == cfg.steps:
             _raise_if_nonfinite(pending, step)
             elapsed = time.perf_counter() - t0
             record = _log_record(sae, out, done, cfg, (done * cfg.batch_size - tokens_at_t0) / max(elapsed, 1e-9),
