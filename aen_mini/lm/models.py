@@ -366,7 +366,7 @@ def load_model(name: str, device: str | torch.device = "cpu", dtype: torch.dtype
     the registry). ``config_overrides`` (shaped stand-ins only): e.g. ``{"num_hidden_layers": 2,
     "hidden_size": 64, "intermediate_size": 128}`` for a tiny CPU variant. ``seed``: random init of the
     shaped stand-ins. ``backend``: ``"bridge"`` (TransformerLens, every hook) or ``"hf"`` (plain transformers with
-    forward hooks, resid_post only, Llama-style causal models; for machines without transformer-lens).
+    forward hooks, resid_post only, causal models with base_model.layers (Llama, GPT-NeoX); for machines without transformer-lens).
     """
     info = model_info(name)
     if backend not in ("bridge", "hf"):
@@ -382,8 +382,9 @@ def load_model(name: str, device: str | torch.device = "cpu", dtype: torch.dtype
     if config_overrides:  # a resized stand-in must not be mistaken for the full-size one
         info = replace(info, label=f"{info.label}, resized {config_overrides}")
     if backend == "hf":
-        if info.kind != "causal" or not hasattr(getattr(hf_model, "model", None), "layers"):
-            raise ValueError(f"backend='hf' needs a Llama-style causal model (model.model.layers); {name!r} is not one")
+        if info.kind != "causal" or not hasattr(getattr(hf_model, "base_model", None), "layers"):
+            raise ValueError(f"backend='hf' needs a causal model with base_model.layers (Llama, GPT-NeoX); {name!r} "
+                             "is not one")
         return HFHookedModel(info, hf_model, tokenizer, _context_format(info, tokenizer))
     from transformer_lens.model_bridge import TransformerBridge
 
