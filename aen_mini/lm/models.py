@@ -366,7 +366,8 @@ def load_model(name: str, device: str | torch.device = "cpu", dtype: torch.dtype
     the registry). ``config_overrides`` (shaped stand-ins only): e.g. ``{"num_hidden_layers": 2,
     "hidden_size": 64, "intermediate_size": 128}`` for a tiny CPU variant. ``seed``: random init of the
     shaped stand-ins. ``backend``: ``"bridge"`` (TransformerLens, every hook) or ``"hf"`` (plain transformers with
-    forward hooks, resid_post only, causal models with base_model.layers (Llama, GPT-NeoX); for machines without transformer-lens).
+    forward hooks, resid_post only, causal models with base_model.layers: Llama, GPT-NeoX; for machines without
+    transformer-lens).
     """
     info = model_info(name)
     if backend not in ("bridge", "hf"):
