@@ -139,7 +139,7 @@ def train(sae: SAE, source: ActivationSource, cfg: TrainConfig, *,
     # The plain step checks every loss on the host before updating, so a NaN never reaches the weights. The fused
     # step skips a non-finite update on the device (fused Adam's found_inf, buffers restored), so on a GPU it is
     # checked once per log window instead of stalling the pipeline every step.
-    check_every = (cfg.log_every or cfg.steps) if cfg.fast and device.type != "cpu" else 1
+    check_every = (cfg.log_every or cfg.steps) if step_fn.checks_on_device else 1
     pending: list[torch.Tensor] = []
     t0, tokens_at_t0 = time.perf_counter(), start * cfg.batch_size
     bar = tqdm(total=cfg.steps, initial=start, disable=not (cfg.progress and parallel.is_main), unit="step",

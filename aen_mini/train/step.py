@@ -83,6 +83,12 @@ class Step:
         self._calls = 0
         self._graph: torch.cuda.CUDAGraph | None = None
 
+    @property
+    def checks_on_device(self) -> bool:
+        """Whether a non-finite loss is kept from the weights on the device (fused, not CPU), so the caller may look
+        at the losses once in a while instead of after every step."""
+        return self.fused and self.device.type != "cpu"
+
     # --- the body, shared by every path -------------------------------------------------------------------------
     def _body(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.dtype == torch.bfloat16):
