@@ -35,7 +35,7 @@ from aen_mini.grid import GridConfig, GridRun, GridTrainer, SpikedStreams, train
 from aen_mini.metrics import explained_variance, support_scores
 from aen_mini.sae import make_sae
 
-__all__ = ["Size", "SIZES", "Protocol", "PROTOCOLS", "Cell", "AUTHORS_GRID", "CONTROLLED_CELLS", "TARGET_L0",
+__all__ = ["Size", "SIZES", "Protocol", "PROTOCOLS", "Cell", "AUTHORS_GRID", "AUTHORS_GRID_NARROW", "CONTROLLED_CELLS", "TARGET_L0",
            "DENSITY_BINS", "run_authors", "run_controlled", "speed_benchmark", "load_results", "summarise", "summary_table",
            "report_markdown", "main"]
 
@@ -110,6 +110,23 @@ AUTHORS_GRID: dict[str, list[dict[str, float]]] = {
     "aen": [{"l1_coeff": l1, "l2_coeff": l2, "ema_beta": b, "ref_pct": r} for l1 in (0.01, 0.005, 0.001)
             for l2 in (0.005, 0.001, 0.0005, 0.0001) for b in (0.999, 0.9999) for r in (0.05, 0.01)],
     "topk": [{"k": 16}],  # their k grid is 8..128; "L0 closest to 16" picks k = 16 by construction
+}
+
+# The authors' grid narrowed to fit the device budget at 5 rho x 3 seeds: only points of their grid, chosen as
+# those whose L0 was nearest 16 in our full-size run of their whole grid at rho = 0.9, seed 0
+# (benchmarks/replication_full_authors.json; L0 there in the comments), plus their gamma = 0.5 and one
+# adaptive-lasso point. Their selection is then made among these points only.
+AUTHORS_GRID_NARROW: dict[str, list[dict[str, float]]] = {
+    "relu_l1": [{"l1_coeff": l1} for l1 in (0.01, 0.005, 0.001, 0.0005)],  # 1.4, 1.8, 59.6, 162.9
+    "elastic_net": [{"l1_coeff": 0.01, "l2_coeff": 0.001}, {"l1_coeff": 0.005, "l2_coeff": 0.001}],  # 14.1, 17.7
+    "aen": [{"l1_coeff": 0.001, "l2_coeff": 0.005, "ema_beta": 0.999, "ref_pct": 0.05},  # 18.5 (their pick at 0.9)
+            {"l1_coeff": 0.001, "l2_coeff": 0.005, "ema_beta": 0.999, "ref_pct": 0.01},  # 11.6
+            {"l1_coeff": 0.001, "l2_coeff": 0.005, "ema_beta": 0.9999, "ref_pct": 0.01},  # 24.6
+            {"l1_coeff": 0.001, "l2_coeff": 0.001, "ema_beta": 0.9999, "ref_pct": 0.05},  # 13.4
+            {"l1_coeff": 0.005, "l2_coeff": 0.005, "ema_beta": 0.9999, "ref_pct": 0.05},  # 9.6
+            {"l1_coeff": 0.001, "l2_coeff": 0.005, "ema_beta": 0.999, "ref_pct": 0.05, "gamma": 0.5}],
+    "adaptive_lasso": [{"l1_coeff": 0.001, "ema_beta": 0.9999, "ref_pct": 0.05}],
+    "topk": [{"k": 16}],
 }
 
 
@@ -255,7 +272,7 @@ def _sae(variant: str, size: Size, protocol: Protocol, seed: int, hyper: dict[st
               "loss_scale": protocol.loss_scale}
     if variant == "topk":
         return make_sae("topk", size.n, size.d_sae, k=size.k, aux_coeff=hyper.get("aux_coeff", 0.0), **common)
-    if variant == "aen":
+    if variant in ("aen", "adaptive_lasso"):
         hyper = {"gamma": protocol.gamma, "ema_beta": protocol.ema_beta, "ref_pct": protocol.ref_pct,
                  "warmup_start": protocol.warmup_start, "warmup_steps": protocol.warmup_steps, **hyper}
     return make_sae(variant, size.n, size.d_sae, **hyper, **common)
@@ -268,20 +285,22 @@ def _history_of(trainer: GridTrainer, i: int) -> list[dict]:
 
 # --- the authors' protocol -------------------------------------------------------------------------------------
 def run_authors(rhos: list[float], seeds: list[int], size: Size, device: str, workers: int = 1,
-                progress: bool = False) -> list[dict]:
-    """Every grid point of AUTHORS_GRID at every (rho, seed), as two batched jobs (ReLU family, TopK); returns
-    one record per (method, rho, seed): the grid point with L0 closest to 16 (their selection), fully scored,
-    with the grid's (coefficients, L0) listed in ``grid``."""
+                progress: bool = False, grid: dict[str, list[dict[str, float]]] | None = None,
+                families: tuple[tuple[str, ...], ...] = (("relu_l1", "elastic_net", "aen"), ("topk",))) -> list[dict]:
+    """Every point of ``grid`` (default AUTHORS_GRID) at every (rho, seed), one batched job per family (ReLU
+    family, TopK); returns one record per (method, rho, seed): the grid point with L0 closest to 16 (their
+    selection), fully scored, with the grid's (coefficients, L0) listed in ``grid``."""
+    grid = AUTHORS_GRID if grid is None else grid
     protocol = PROTOCOLS["authors"].scaled(size.step_scale)
     pairs = [(rho, seed) for rho in rhos for seed in seeds]
     streams = SpikedStreams(size.n, size.m, size.k, pairs, device=device, seed=1000 + len(pairs))
     target = TARGET_L0 * size.k / 16
     records = []
-    for family in (("relu_l1", "elastic_net", "aen"), ("topk",)):
+    for family in families:
         meta, runs = [], []
         for s, (rho, seed) in enumerate(pairs):
             for method in family:
-                for hyper in AUTHORS_GRID[method]:
+                for hyper in grid.get(method, []):
                     # their lambdas are in mean-scale units (sum-scale / n): keep the sum-scale value of the paper's
                     # size (n = 256) at smaller sizes, since the calibrated sum-scale l1 hardly depends on n
                     hyper = {k: v * 256 / size.n if k in ("l1_coeff", "l2_coeff") else v for k, v in hyper.items()}
@@ -298,13 +317,14 @@ def run_authors(rhos: list[float], seeds: list[int], size: Size, device: str, wo
         order = list(chosen.values())
         for i, scores in zip(order, _score(trainer, streams, size, order, workers)):
             method, rho, seed, hyper = meta[i]
-            grid = [{"hyper": meta[j][3], "l0": l0s[j]} for j in range(len(meta)) if meta[j][:3] == (method, rho, seed)]
+            tried = [{"hyper": meta[j][3], "l0": l0s[j]} for j in range(len(meta)) if meta[j][:3] == (method, rho, seed)]
             records.append({"protocol": "authors", "method": method, "rho": rho, "seed": seed, "init": "authors",
                             "l1_warmup": False, "aux": False, "centred": False, "steps": protocol.steps,
                             "batch_size": protocol.batch_size, "loss_scale": protocol.loss_scale,
                             "target_l0": target, "selection": "grid point with L0 closest to the target", **hyper,
                             "calibration_converged": abs(scores["l0"] / target - 1) <= REL_TOL, **scores,
-                            "grid": grid, "history": _history_of(trainer, i), "graph": trainer.graph is not None})
+                            "grid": tried, "grid_name": "narrow" if grid is AUTHORS_GRID_NARROW else "full",
+                            "history": _history_of(trainer, i), "graph": trainer.graph is not None})
     return records
 
 
@@ -586,7 +606,7 @@ def main(argv: list[str] | None = None, default_out: str = "benchmarks", prog: s
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", default=default_out)
     parser.add_argument("--parts", nargs="+", default=["speed", "authors", "ours"],
-                        help="speed, authors, authors_rest, ours, centred, centred_warmup, collapse (in this order)")
+                        help="speed, authors, authors_narrow, authors_rest, ours, centred, centred_warmup, collapse (in this order)")
     parser.add_argument("--rhos", nargs="+", type=float, default=[0.0, 0.9, 0.5, 0.3, 0.7])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--authors-rhos", nargs="+", type=float, default=[0.0, 0.9])
@@ -642,6 +662,17 @@ def _run_part(part: str, args: argparse.Namespace, size: Size, metadata: dict, t
         metadata["speed"] = speed_benchmark(size, args.device, steps=max(10, int(50_000 * size.step_scale)))
     elif part == "authors":
         records += run_authors(args.authors_rhos, args.seeds, size, args.device, args.workers, args.progress)
+    elif part == "authors_narrow":  # every rho and seed on AUTHORS_GRID_NARROW, the file rewritten after each job
+        relu = (("relu_l1", "elastic_net", "aen", "adaptive_lasso"),)
+        for rhos in ([0.9, 0.0, 0.5], [0.3, 0.7]):
+            t = time.perf_counter()
+            records += run_authors(rhos, args.seeds, size, args.device, args.workers, args.progress,
+                                   AUTHORS_GRID_NARROW, relu)
+            done.append(f"authors_narrow:rho={rhos}")
+            print(f"authors_narrow {rhos}: {time.perf_counter() - t:.1f} s", flush=True)
+            _write(out, records, {**metadata, "parts_done": done}, complete=False)
+        records += run_authors([0.0, 0.3, 0.5, 0.7, 0.9], args.seeds, size, args.device, args.workers,
+                               args.progress, AUTHORS_GRID_NARROW, (("topk",),))
     elif part == "authors_rest":
         rest = [r for r in (0.0, 0.3, 0.5, 0.7, 0.9) if r not in args.authors_rhos]
         records += run_authors(rest, args.seeds[:1], size, args.device, args.workers, args.progress)
