@@ -66,3 +66,33 @@ def test_results_file_round_trips():
     data = json.loads(R.dumps({"size": "tiny"}, records))
     assert data["records"] == records and data["metadata"] == {"size": "tiny"}
     assert data["summary"]["ours|aen|ours|False|0.0"]["seeds"] == 1
+
+
+def test_narrowed_grid_holds_only_points_of_the_authors_grid():
+    """AUTHORS_GRID_NARROW: each point is one of their sweep file's (gamma in their {0.5, 1}; the adaptive lasso's
+    lambda_1, ema_beta and ref_k_top_pct from their lists)."""
+    for method, points in R.AUTHORS_GRID_NARROW.items():
+        for point in points:
+            if method == "adaptive_lasso":
+                assert point["l1_coeff"] in (0.01, 0.005, 0.001) and point["ema_beta"] in (0.999, 0.9999)
+                assert point["ref_pct"] in (0.05, 0.01) and point.get("gamma", 1.0) in (0.5, 1.0)
+                continue
+            assert point.get("gamma", 1.0) in (0.5, 1.0)
+            assert {k: v for k, v in point.items() if k != "gamma"} in R.AUTHORS_GRID[method], (method, point)
+    assert any(p.get("gamma") == 0.5 for p in R.AUTHORS_GRID_NARROW["aen"])
+
+
+def test_authors_run_on_a_given_grid_records_the_grid_and_the_authors_dead_count():
+    grid = {"relu_l1": [{"l1_coeff": 0.005}], "aen": [{"l1_coeff": 0.001, "l2_coeff": 0.005, "gamma": 0.5}],
+            "adaptive_lasso": [{"l1_coeff": 0.001, "ema_beta": 0.9999, "ref_pct": 0.05}]}
+    records = R.run_authors([0.0], [0], TINY, "cpu", grid=grid, families=(("relu_l1", "aen", "adaptive_lasso"),))
+    assert sorted(r["method"] for r in records) == ["adaptive_lasso", "aen", "relu_l1"]
+    aen = next(r for r in records if r["method"] == "aen")
+    assert aen["gamma"] == 0.5 and aen["grid_name"] == "full"  # a custom grid is not the narrowed one
+    for r in records:
+        # the authors' count: the trainer's dead % (silent for dead_after_tokens) at the last step
+        assert r["history"][-1]["step"] == r["steps"]
+        assert R.training_window_dead(r) == r["history"][-1]["dead_pct"]
+    assert R.training_window_dead({**records[0], "history": records[0]["history"][:-1]}) is None
+    text = R.report_markdown(records, {"size": "tiny", "complete": True})
+    assert "dead % (last 10k steps)" in text and "| adaptive_lasso |" in text
