@@ -69,17 +69,22 @@ def test_results_file_round_trips():
 
 
 def test_narrowed_grid_holds_only_points_of_the_authors_grid():
-    """AUTHORS_GRID_NARROW: each point is one of their sweep file's (gamma in their {0.5, 1}; the adaptive lasso's
-    lambda_1, ema_beta and ref_k_top_pct from their lists)."""
+    """AUTHORS_GRID_NARROW: each point is one of their sweep file's (AUTHORS_GRID, gamma 1 where not given)."""
+    with_gamma = lambda point: {"gamma": 1.0, **point}  # noqa: E731
     for method, points in R.AUTHORS_GRID_NARROW.items():
+        full = [with_gamma(q) if method in ("aen", "adaptive_lasso") else q for q in R.AUTHORS_GRID[method]]
         for point in points:
-            if method == "adaptive_lasso":
-                assert point["l1_coeff"] in (0.01, 0.005, 0.001) and point["ema_beta"] in (0.999, 0.9999)
-                assert point["ref_pct"] in (0.05, 0.01) and point.get("gamma", 1.0) in (0.5, 1.0)
-                continue
-            assert point.get("gamma", 1.0) in (0.5, 1.0)
-            assert {k: v for k, v in point.items() if k != "gamma"} in R.AUTHORS_GRID[method], (method, point)
+            point = with_gamma(point) if method in ("aen", "adaptive_lasso") else point
+            assert point in full, (method, point)
     assert any(p.get("gamma") == 0.5 for p in R.AUTHORS_GRID_NARROW["aen"])
+
+
+def test_the_authors_grid_is_their_sweep_file():
+    """configs/spiked/spiked_model_sweep.yaml: 5 l1 values; 3 x 4 elastic net; 3 x 4 x 2 x 2 x 2 AEN (lambda_1,
+    lambda_2, gamma, ema_beta, ref_k_top_pct); 3 x 2 x 2 x 2 adaptive lasso."""
+    sizes = {method: len(points) for method, points in R.AUTHORS_GRID.items()}
+    assert sizes == {"relu_l1": 5, "elastic_net": 12, "aen": 96, "adaptive_lasso": 24, "topk": 1}
+    assert {p["gamma"] for p in R.AUTHORS_GRID["aen"]} == {0.5, 1.0}
 
 
 def test_authors_run_on_a_given_grid_records_the_grid_and_the_authors_dead_count():
