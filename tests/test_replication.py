@@ -101,3 +101,24 @@ def test_authors_run_on_a_given_grid_records_the_grid_and_the_authors_dead_count
     assert R.training_window_dead({**records[0], "history": records[0]["history"][:-1]}) is None
     text = R.report_markdown(records, {"size": "tiny", "complete": True})
     assert "dead % (last 10k steps)" in text and "| adaptive_lasso |" in text
+
+
+def test_authors_protocol_gradient_is_their_formula():
+    """One step of the grid under the authors' protocol has the gradient of their loss as their code writes it:
+    mean over batch and features of (x - x_hat)^2 plus lambda_1 times the batch mean of ||h||_1."""
+    import torch
+
+    from aen_mini.grid import GridConfig, GridRun, GridTrainer, SpikedStreams
+
+    sae = R._sae("relu_l1", TINY, R.PROTOCOLS["authors"], 0, {"l1_coeff": 0.01})
+    streams = SpikedStreams(TINY.n, TINY.m, TINY.k, [(0.5, 0)], seed=0)
+    trainer = GridTrainer([GridRun(sae, init="authors")], streams, GridConfig(steps=1, batch_size=64, grad_clip=None))
+    trainer._draw()
+    x = trainer.x[0].clone()
+    p = {k: v.detach()[0].clone().requires_grad_() for k, v in trainer.params.items()}
+    h = torch.relu((x - p["b_dec"]) @ p["W_enc"].T + p["b_enc"])
+    x_hat = h @ p["W_dec"].T + p["b_dec"]
+    (((x - x_hat) ** 2).mean() + 0.01 * h.abs().sum(1).mean()).backward()
+    trainer._forward_backward()
+    for name, value in p.items():
+        assert torch.allclose(value.grad, trainer.params[name].grad[0], rtol=1e-5, atol=1e-7), name
