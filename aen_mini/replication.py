@@ -18,6 +18,7 @@ fires there. Each record carries the firing-density histogram (log10 of the frac
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import platform
@@ -35,7 +36,8 @@ from aen_mini.grid import GridConfig, GridRun, GridTrainer, SpikedStreams, train
 from aen_mini.metrics import explained_variance, support_scores
 from aen_mini.sae import make_sae
 
-__all__ = ["Size", "SIZES", "Protocol", "PROTOCOLS", "Cell", "AUTHORS_GRID", "AUTHORS_GRID_NARROW", "CONTROLLED_CELLS", "TARGET_L0",
+__all__ = ["Size", "SIZES", "Protocol", "PROTOCOLS", "Cell", "AUTHORS_GRID", "AUTHORS_GRID_NARROW", "AUTHORS_CSV_GRID", "authors_csv_point",
+           "authors_csv_selection", "CONTROLLED_CELLS", "TARGET_L0",
            "DENSITY_BINS", "training_window_dead", "run_authors", "run_controlled", "speed_benchmark", "load_results", "summarise", "summary_table",
            "report_markdown", "main"]
 
@@ -132,6 +134,46 @@ AUTHORS_GRID_NARROW: dict[str, list[dict[str, float]]] = {
     "adaptive_lasso": [{"l1_coeff": 0.001, "ema_beta": 0.9999, "ref_pct": 0.05}],
     "topk": [{"k": 16}],
 }
+
+# The grid behind the authors' CSV (notebooks/spiked_final_summary.csv): its runs were made at their commit 467cae4
+# with the per-rho configs configs/spiked/p1.yaml ... p5.yaml of that commit, not with the later sweep file above
+# (there the l1 SAE's lambda_1 list starts at 0.05 and lambda_2 at 0.005). A run is named <model>_sweepNNN, NNN the
+# index of its point in the product of the listed values, keys in file order, the last varying fastest: with this
+# grid vanilla_l1_sweep001 is lambda_1 = 0.005 (the CSV holds 4 l1 points and 9 elastic-net points, and their L0
+# fall as lambda_1 grows in that order; the expansion code of 467cae4 is not among the stored versions).
+AUTHORS_CSV_GRID: dict[str, tuple[str, dict[str, tuple[float, ...]]]] = {
+    "vanilla_l1": ("relu_l1", {"l1_coeff": (0.01, 0.005, 0.001, 0.0005)}),
+    "elastic_net": ("elastic_net", {"l1_coeff": (0.01, 0.005, 0.001), "l2_coeff": (0.001, 0.0005, 0.0001)}),
+    "adaptive_lasso": ("adaptive_lasso", {"l1_coeff": (0.01, 0.005, 0.001), "gamma": (0.5, 1.0),
+                                          "ema_beta": (0.999, 0.9999), "ref_pct": (0.05, 0.01)}),
+    "adaptive_elastic_net": ("aen", {"l1_coeff": (0.01, 0.005, 0.001), "l2_coeff": (0.001, 0.0005, 0.0001),
+                                     "gamma": (0.5, 1.0), "ema_beta": (0.999, 0.9999), "ref_pct": (0.05, 0.01)}),
+    "topk_baseline": ("topk", {"k": (8, 16, 32, 64, 128)}),
+}
+
+
+def authors_csv_point(model_type: str) -> tuple[str, dict[str, float]]:
+    """Our method name and the coefficients of one run of the authors' CSV, from its name ("vanilla_l1_sweep001")."""
+    name, _, index = model_type.rpartition("_sweep")
+    if name not in AUTHORS_CSV_GRID or not index.isdigit():
+        raise ValueError(f"model_type {model_type!r} is not <model>_sweepNNN with a model of AUTHORS_CSV_GRID")
+    method, axes = AUTHORS_CSV_GRID[name]
+    points = list(itertools.product(*axes.values()))
+    if int(index) >= len(points):
+        raise ValueError(f"model_type {model_type!r}: {name} has {len(points)} grid points")
+    return method, dict(zip(axes, points[int(index)]))
+
+
+def authors_csv_selection(points: list[dict], target: float = TARGET_L0) -> list[dict]:
+    """Their selection on their CSV: per (method, rho) the run whose L0 is closest to ``target``. ``points`` are
+    dicts with method, rho, l0 (and anything else, kept); each pick records how many of the method's grid points
+    were read (``points_read``) out of ``grid_points``, so a pick among a partial transcription says so."""
+    groups: dict[tuple[str, float], list[dict]] = {}
+    for point in points:
+        groups.setdefault((point["method"], point["rho"]), []).append(point)
+    sizes = {method: math.prod(len(v) for v in axes.values()) for method, axes in AUTHORS_CSV_GRID.values()}
+    return [{**min(group, key=lambda p: abs(p["l0"] - target)), "points_read": len(group), "grid_points": sizes[key[0]]}
+            for key, group in sorted(groups.items())]
 
 
 @dataclass(frozen=True)
@@ -522,12 +564,46 @@ def training_window_dead(record: dict) -> float | None:
     return history[-1]["dead_pct"] if history and history[-1]["step"] == record["steps"] else None
 
 
+def _num(value: float | None, digits: int) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
 def _fmt(s: Summary, digits: int = 1) -> str:
     return f"{s.mean:.{digits}f} ± {s.std:.{digits}f}" if s.n > 1 else f"{s.mean:.{digits}f}"
 
 
-def report_markdown(records: list[dict], metadata: dict, paper: list[dict] | None = None) -> str:
-    """The replication report: the authors' protocol next to the paper's numbers, then the controlled study."""
+def _paper_point(p: dict) -> str:
+    if not p:
+        return "–"
+    partial = p.get("points_read", 0) < p.get("grid_points", 0)
+    return p.get("point", "–") + (f" ({p['points_read']} of {p['grid_points']} points read)" if partial else "")
+
+
+def _same_points(authors: list[dict], paper_points: list[dict]) -> list[str]:
+    """Rows of (method, rho, grid point, our mean L0 over seeds, their L0) for every point of our grid that is also
+    a run of their CSV: the same coefficients, side by side (each record carries every grid point's L0)."""
+    theirs = {(q["method"], q["rho"], tuple(sorted((k, q[k]) for k in NAMED_COEFFS if k in q))): q for q in paper_points}
+    ours: dict[tuple, list[float]] = {}
+    for r in authors:
+        for g in r.get("grid", []):
+            hyper = {**({"gamma": 1.0} if r["method"] in ("aen", "adaptive_lasso") else {}), **g["hyper"]}
+            ours.setdefault((r["method"], r["rho"], tuple(sorted(hyper.items()))), []).append(g["l0"])
+    rows = []
+    for key in sorted(k for k in ours if k in theirs):
+        values = ours[key]
+        rows.append(f"| {key[0]} | {key[1]} | {theirs[key]['point']} | {sum(values) / len(values):.2f} "
+                    f"({len(values)} seeds) | {theirs[key]['l0']:.2f} |")
+    return rows
+
+
+NAMED_COEFFS = ("l1_coeff", "l2_coeff", "gamma", "ema_beta", "ref_pct", "k")
+
+
+def report_markdown(records: list[dict], metadata: dict, paper: list[dict] | dict | None = None) -> str:
+    """The replication report: the authors' protocol next to the paper's numbers, then the controlled study.
+    ``paper``: records of method, rho, dead_pct (and point, l0, ev), or a file's dict of them with its ``source``
+    and, for the authors' CSV, ``points`` (every run read, compared with ours at the same coefficients)."""
+    paper_file = paper if isinstance(paper, dict) else {"records": paper or []}
     sizes = SIZES.get(metadata.get("size", "full"), SIZES["full"])
     lines = ["# Replication of the spiked synthetic study (issue 11)", "",
              f"Device: {metadata.get('gpu') or metadata.get('device')}; torch {metadata.get('torch')}; commit "
@@ -550,7 +626,9 @@ def report_markdown(records: list[dict], metadata: dict, paper: list[dict] | Non
             lines += ["Grid: `AUTHORS_GRID_NARROW` (13 of their grid points per rho and seed, listed in "
                       "`aen_mini/replication.py`); their selection is made among these points only. Selected "
                       "points per seed: the records' coefficients in the JSON file.", ""]
-        paper_of = {(p["method"], p["rho"]): p for p in (paper or [])}
+        paper_of = {(p["method"], p["rho"]): p for p in paper_file["records"]}
+        if paper_file.get("source"):
+            lines += [f"The paper's side: {paper_file['source']}", ""]
         lines += ["Two dead counts: over the held-out window above, and as the authors count (never firing in the last "
                   "10,000 training steps, 2.56M samples at full size: `training_window_dead`).", "",
                   "| method | rho | seeds | L0 | dead % (held out) | dead % (last 10k steps) | EV (ours) | F1 | "
@@ -568,7 +646,13 @@ def report_markdown(records: list[dict], metadata: dict, paper: list[dict] | Non
             window_text = _fmt(summarise(window, (), "dead")[()]) if None not in [w["dead"] for w in window] else "–"
             lines.append(f"| {method} | {rho} | {s.n} | {_fmt(l0)}{flag} | {_fmt(s)} | {window_text} | {_fmt(ev, 3)} | "
                          f"{_fmt(f1, 3)} | "
-                         f"{p.get('point', '–')} | {p.get('l0', '–')} | {p.get('dead_pct', '–')} | {p.get('ev', '–')} |")
+                         f"{_paper_point(p)} | {_num(p.get('l0'), 1)} | {_num(p.get('dead_pct'), 1)} | "
+                         f"{_num(p.get('ev'), 3)} |")
+        same = _same_points(authors, paper_file.get("points", []))
+        if same:
+            lines += ["", "The same grid point in both runs (their lambdas): our L0 (held out, mean over seeds) and "
+                      "theirs (last training batch, seed 0).", "",
+                      "| method | rho | point | our L0 | their L0 |", "| --- | --- | --- | --- | --- |", *same]
         lines += ["", "Protocol differences that remain: see the table in the book's chapter 3 and "
                   "`PROTOCOL_DIFFERENCES` below.", ""]
     ours = [r for r in records if r["protocol"] == "ours"]
@@ -642,16 +726,19 @@ def main(argv: list[str] | None = None, default_out: str = "benchmarks", prog: s
     parser.add_argument("--workers", type=int, default=1, help="processes for the Hungarian matchings")
     parser.add_argument("--commit", default=None)
     parser.add_argument("--progress", action="store_true")
-    parser.add_argument("--report-only", metavar="JSON")
+    parser.add_argument("--report-only", metavar="JSON", help="rewrite <out>/<JSON's name>.md from a results file")
+    parser.add_argument("--notes", metavar="MD", help="with --report-only: hand-written notes appended to the report")
     parser.add_argument("--paper", metavar="JSON", default=None,
-                        help="the paper's numbers, e.g. benchmarks/paper_spiked.json (records of method, rho, dead_pct)")
+                        help="the paper's numbers: benchmarks/paper_spiked.json (the paper's table) or "
+                             "benchmarks/paper_spiked_csv.json (their CSV, with every run read)")
     args = parser.parse_args(argv)
     out = Path(args.out)
     paper = json.loads(Path(args.paper).read_text()) if args.paper else None
-    paper = paper["records"] if isinstance(paper, dict) else paper  # benchmarks/paper_spiked.json
-    if args.report_only:
+    if args.report_only:  # <out>/<name of the JSON>.md, then the hand-written notes if any
         records, metadata = load_results(args.report_only)
-        atomic_write_text(out / "replication.md", report_markdown(records, metadata, paper))
+        notes = Path(args.notes).read_text() if args.notes else ""
+        text = report_markdown(records, metadata, paper) + ("\n" + notes if notes else "")
+        atomic_write_text(out / (Path(args.report_only).stem + ".md"), text)
         return
     if args.device.startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = True

@@ -122,3 +122,51 @@ def test_authors_protocol_gradient_is_their_formula():
     trainer._forward_backward()
     for name, value in p.items():
         assert torch.allclose(value.grad, trainer.params[name].grad[0], rtol=1e-5, atol=1e-7), name
+
+
+def test_authors_csv_run_names_decode_to_the_grid_of_their_csv_commit():
+    """Their CSV names runs <model>_sweepNNN: NNN indexes the product of configs/spiked/p1.yaml's lists at 467cae4."""
+    assert R.authors_csv_point("vanilla_l1_sweep001") == ("relu_l1", {"l1_coeff": 0.005})
+    assert R.authors_csv_point("topk_baseline_sweep001") == ("topk", {"k": 16})
+    assert R.authors_csv_point("elastic_net_sweep005") == ("elastic_net", {"l1_coeff": 0.005, "l2_coeff": 0.0001})
+    assert R.authors_csv_point("adaptive_elastic_net_sweep066") == (
+        "aen", {"l1_coeff": 0.001, "l2_coeff": 0.0001, "gamma": 0.5, "ema_beta": 0.9999, "ref_pct": 0.05})
+    for bad in ("vanilla_l1_sweep004", "relu_sweep000", "vanilla_l1"):
+        with pytest.raises(ValueError, match="model_type"):
+            R.authors_csv_point(bad)
+
+
+def test_authors_csv_selection_is_the_run_nearest_16_and_says_how_much_was_read():
+    runs = [{"method": "relu_l1", "rho": 0.9, "l0": l0, "run": name} for name, l0 in (("a", 1.48), ("b", 1.54), ("c", 60.4))]
+    runs.append({"method": "topk", "rho": 0.9, "l0": 14.9, "run": "k16"})
+    picks = {p["method"]: p for p in R.authors_csv_selection(runs)}
+    assert picks["relu_l1"]["run"] == "b" and picks["relu_l1"]["points_read"] == 3
+    assert picks["relu_l1"]["grid_points"] == 4 and picks["topk"]["grid_points"] == 5
+
+
+def test_committed_csv_picks_are_the_script_applied_to_the_committed_rows():
+    import importlib.util
+    import json
+    from pathlib import Path
+    root = Path(__file__).resolve().parent.parent
+    spec = importlib.util.spec_from_file_location("paper_spiked_csv", root / "benchmarks" / "paper_spiked_csv.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    runs = script.points(root / "benchmarks" / "paper_spiked_csv_rows.tsv")
+    committed = json.loads((root / "benchmarks" / "paper_spiked_csv.json").read_text())
+    assert committed["points"] == runs
+    assert committed["records"] == [p for p in R.authors_csv_selection(runs) if p["method"] != "adaptive_lasso"]
+    relu = {r["rho"]: r for r in committed["records"] if r["method"] == "relu_l1"}
+    assert {r["l1_coeff"] for r in relu.values()} == {0.005} and relu[0.9]["dead_pct"] == pytest.approx(90.52734375)
+
+
+def test_report_puts_a_shared_grid_point_side_by_side():
+    record = {"protocol": "authors", "method": "relu_l1", "rho": 0.9, "seed": 0, "l0": 1.6, "dead_pct": 97.0, "ev": 0.3,
+              "support_f1": 0.0, "calibration_converged": False, "grid": [{"hyper": {"l1_coeff": 0.005}, "l0": 1.6},
+                                                                           {"hyper": {"l1_coeff": 0.05}, "l0": 0.2}]}
+    paper = {"source": "their CSV", "records": [{"method": "relu_l1", "rho": 0.9, "point": "l1 = 0.005", "l0": 1.54,
+                                                 "dead_pct": 90.5, "ev": 0.382, "points_read": 4, "grid_points": 4}],
+             "points": [{"method": "relu_l1", "rho": 0.9, "l1_coeff": 0.005, "point": "l1 = 0.005", "l0": 1.54}]}
+    text = R.report_markdown([record], {"size": "full", "complete": True}, paper)
+    assert "| relu_l1 | 0.9 | l1 = 0.005 | 1.60 (1 seeds) | 1.54 |" in text
+    assert "The paper's side: their CSV" in text and "l1 = 0.05" not in text  # ours only: no row
