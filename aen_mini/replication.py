@@ -37,7 +37,7 @@ from aen_mini.metrics import explained_variance, support_scores
 from aen_mini.sae import make_sae
 
 __all__ = ["Size", "SIZES", "Protocol", "PROTOCOLS", "Cell", "AUTHORS_GRID", "AUTHORS_GRID_NARROW", "AUTHORS_CSV_GRID", "authors_csv_point",
-           "authors_csv_selection", "CONTROLLED_CELLS", "TARGET_L0",
+           "authors_csv_selection", "csv_pick_grids", "CONTROLLED_CELLS", "TARGET_L0",
            "DENSITY_BINS", "training_window_dead", "run_authors", "run_controlled", "speed_benchmark", "load_results", "summarise", "summary_table",
            "report_markdown", "main"]
 
@@ -141,6 +141,8 @@ AUTHORS_GRID_NARROW: dict[str, list[dict[str, float]]] = {
 # index of its point in the product of the listed values, keys in file order, the last varying fastest: with this
 # grid vanilla_l1_sweep001 is lambda_1 = 0.005 (the CSV holds 4 l1 points and 9 elastic-net points, and their L0
 # fall as lambda_1 grows in that order; the expansion code of 467cae4 is not among the stored versions).
+# the coefficient names of a grid point (their names: lambda_1, lambda_2, gamma, ema_beta, ref_k_top_pct, k)
+NAMED_COEFFS = ("l1_coeff", "l2_coeff", "gamma", "ema_beta", "ref_pct", "k")
 AUTHORS_CSV_GRID: dict[str, tuple[str, dict[str, tuple[float, ...]]]] = {
     "vanilla_l1": ("relu_l1", {"l1_coeff": (0.01, 0.005, 0.001, 0.0005)}),
     "elastic_net": ("elastic_net", {"l1_coeff": (0.01, 0.005, 0.001), "l2_coeff": (0.001, 0.0005, 0.0001)}),
@@ -162,6 +164,18 @@ def authors_csv_point(model_type: str) -> tuple[str, dict[str, float]]:
     if int(index) >= len(points):
         raise ValueError(f"model_type {model_type!r}: {name} has {len(points)} grid points")
     return method, dict(zip(axes, points[int(index)]))
+
+
+def csv_pick_grids(picks: list[dict], methods: tuple[str, ...] = ("aen",)) -> dict[float, dict[str, list[dict]]]:
+    """Per rho, a grid holding only the authors' own pick for each of ``methods`` (the records of
+    benchmarks/paper_spiked_csv.json): trained alone, each is "selected" and fully scored, so its dead % can be set
+    next to theirs at the same coefficients."""
+    grids: dict[float, dict[str, list[dict]]] = {}
+    for pick in picks:
+        if pick["method"] in methods:
+            hyper = {k: pick[k] for k in NAMED_COEFFS if k in pick}
+            grids.setdefault(pick["rho"], {})[pick["method"]] = [hyper]
+    return grids
 
 
 def authors_csv_selection(points: list[dict], target: float = TARGET_L0) -> list[dict]:
@@ -333,7 +347,7 @@ def _history_of(trainer: GridTrainer, i: int) -> list[dict]:
 def run_authors(rhos: list[float], seeds: list[int], size: Size, device: str, workers: int = 1,
                 progress: bool = False, grid: dict[str, list[dict[str, float]]] | None = None,
                 families: tuple[tuple[str, ...], ...] = (("relu_l1", "elastic_net", "aen", "adaptive_lasso"),
-                                                         ("topk",))) -> list[dict]:
+                                                         ("topk",)), grid_name: str | None = None) -> list[dict]:
     """Every point of ``grid`` (default AUTHORS_GRID) at every (rho, seed), one batched job per family (ReLU
     family, TopK); returns one record per (method, rho, seed): the grid point with L0 closest to 16 (their
     selection), fully scored, with the grid's (coefficients, L0) listed in ``grid``."""
@@ -370,7 +384,8 @@ def run_authors(rhos: list[float], seeds: list[int], size: Size, device: str, wo
                             "batch_size": protocol.batch_size, "loss_scale": protocol.loss_scale,
                             "target_l0": target, "selection": "grid point with L0 closest to the target", **hyper,
                             "calibration_converged": abs(scores["l0"] / target - 1) <= REL_TOL, **scores,
-                            "grid": tried, "grid_name": "narrow" if grid is AUTHORS_GRID_NARROW else "full",
+                            "grid": tried,
+                            "grid_name": grid_name or ("narrow" if grid is AUTHORS_GRID_NARROW else "full"),
                             "history": _history_of(trainer, i), "graph": trainer.graph is not None})
     return records
 
@@ -596,9 +611,6 @@ def _same_points(authors: list[dict], paper_points: list[dict]) -> list[str]:
     return rows
 
 
-NAMED_COEFFS = ("l1_coeff", "l2_coeff", "gamma", "ema_beta", "ref_pct", "k")
-
-
 def report_markdown(records: list[dict], metadata: dict, paper: list[dict] | dict | None = None) -> str:
     """The replication report: the authors' protocol next to the paper's numbers, then the controlled study.
     ``paper``: records of method, rho, dead_pct (and point, l0, ev), or a file's dict of them with its ``source``
@@ -720,7 +732,10 @@ def main(argv: list[str] | None = None, default_out: str = "benchmarks", prog: s
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", default=default_out)
     parser.add_argument("--parts", nargs="+", default=["speed", "authors", "ours"],
-                        help="speed, authors, authors_narrow, authors_rest, ours, centred, centred_warmup, collapse (in this order)")
+                        help="speed, authors, authors_narrow, authors_csv_picks, authors_rest, ours, centred, "
+                             "centred_warmup, collapse (in this order)")
+    parser.add_argument("--csv-picks", default="benchmarks/paper_spiked_csv.json",
+                        help="for authors_csv_picks: the authors' picks (benchmarks/paper_spiked_csv.py writes it)")
     parser.add_argument("--rhos", nargs="+", type=float, default=[0.0, 0.9, 0.5, 0.3, 0.7])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--authors-rhos", nargs="+", type=float, default=[0.0, 0.9])
@@ -790,6 +805,13 @@ def _run_part(part: str, args: argparse.Namespace, size: Size, metadata: dict, t
             _write(out, records, {**metadata, "parts_done": done}, complete=False)
         records += run_authors([0.0, 0.3, 0.5, 0.7, 0.9], args.seeds, size, args.device, args.workers,
                                args.progress, AUTHORS_GRID_NARROW, (("topk",),))
+    elif part == "authors_csv_picks":  # AEN at the authors' own CSV pick, every rho: same point, dead % side by side
+        picks = json.loads(Path(args.csv_picks).read_text())["records"]
+        for rho, grid in sorted(csv_pick_grids(picks).items()):
+            records += run_authors([rho], args.seeds, size, args.device, args.workers, args.progress, grid,
+                                   (tuple(grid),), grid_name="csv_pick")
+            done.append(f"authors_csv_picks:rho={rho}")
+            _write(out, records, {**metadata, "parts_done": done}, complete=False)
     elif part == "authors_rest":
         rest = [r for r in (0.0, 0.3, 0.5, 0.7, 0.9) if r not in args.authors_rhos]
         records += run_authors(rest, args.seeds[:1], size, args.device, args.workers, args.progress)

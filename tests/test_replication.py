@@ -170,3 +170,15 @@ def test_report_puts_a_shared_grid_point_side_by_side():
     text = R.report_markdown([record], {"size": "full", "complete": True}, paper)
     assert "| relu_l1 | 0.9 | l1 = 0.005 | 1.60 (1 seeds) | 1.54 |" in text
     assert "The paper's side: their CSV" in text and "l1 = 0.05" not in text  # ours only: no row
+
+
+def test_their_aen_pick_is_trained_alone_and_scored_with_its_coefficients():
+    import json
+    from pathlib import Path
+    picks = json.loads((Path(__file__).resolve().parent.parent / "benchmarks" / "paper_spiked_csv.json").read_text())
+    grids = R.csv_pick_grids(picks["records"])
+    assert sorted(grids) == [0.0, 0.3, 0.5, 0.7, 0.9] and all(list(g) == ["aen"] for g in grids.values())
+    assert grids[0.9]["aen"] == [{"l1_coeff": 0.001, "l2_coeff": 0.0001, "gamma": 0.5, "ema_beta": 0.9999, "ref_pct": 0.05}]
+    (record,) = R.run_authors([0.9], [0], TINY, "cpu", grid=grids[0.9], families=(("aen",),), grid_name="csv_pick")
+    assert record["grid_name"] == "csv_pick" and record["gamma"] == 0.5 and record["ema_beta"] == 0.9999
+    assert record["l2_coeff"] == pytest.approx(0.0001 * 256 / TINY.n) and len(record["grid"]) == 1
