@@ -22,8 +22,8 @@ SOURCE = ("The authors' notebooks/spiked_final_summary.csv (farischaudhry/adapti
           "training steps = 2.56M training samples), explained_variance and l0_active_features (both on the last "
           "training batch of 256). Run names decoded with aen_mini.replication.AUTHORS_CSV_GRID; their selection: per "
           "method and rho, the run with L0 closest to 16 (AEN over both gammas, as their sweep does; aen_by_gamma per "
-          "gamma). Every run of the l1 SAE, TopK and the elastic net was read; AEN: 25 of 72 grid points (all 24 with "
-          "lambda_1 = 0.001, and one with 0.005); adaptive lasso: 2 of 24, so no pick is made for it.")
+          "gamma). Every run of the l1 SAE, TopK and the elastic net was read; AEN: 29 of 72 grid points (all 24 with "
+          "lambda_1 = 0.001; 5 with 0.005, one of them at 3 rho only); adaptive lasso: 2 of 24, so no pick is made for it.")
 
 
 def _label(hyper: dict) -> str:
