@@ -3,15 +3,15 @@
     PYTHONPATH=. python3 benchmarks/paper_spiked_csv.py
 
 reads benchmarks/paper_spiked_csv_rows.tsv (the runs of their notebooks/spiked_final_summary.csv transcribed by
-hand), names each run's coefficients (aen_mini.replication.authors_csv_point: the grid of their commit 467cae4) and
+hand), names each run's coefficients (aen_mini.experiments.replication.authors_csv_point: the grid of their commit 467cae4) and
 picks, per method and rho, the run whose L0 is closest to 16 (for AEN also per gamma). A pick made among only part
 of a method's grid says so (points_read of grid_points).
 """
 import json
 from pathlib import Path
 
-from aen_mini.atomic import atomic_write_text
-from aen_mini.replication import authors_csv_point, authors_csv_selection
+from aen_mini.io.atomic import atomic_write_text
+from aen_mini.experiments.replication import authors_csv_point, authors_csv_selection
 
 HERE = Path(__file__).resolve().parent
 NAMES = {"l1_coeff": "l1", "l2_coeff": "l2", "gamma": "gamma", "ema_beta": "beta", "ref_pct": "ref", "k": "k"}
@@ -20,7 +20,7 @@ SOURCE = ("The authors' notebooks/spiked_final_summary.csv (farischaudhry/adapti
           "467cae41aa704293a344762bfbb96562e08b2edb with configs/spiked/p1.yaml-p5.yaml of that commit), seed 0, read "
           "by hand into benchmarks/paper_spiked_csv_rows.tsv: dead_neurons_pct (max |h| <= 1e-12 over the last 10,000 "
           "training steps = 2.56M training samples), explained_variance and l0_active_features (both on the last "
-          "training batch of 256). Run names decoded with aen_mini.replication.AUTHORS_CSV_GRID; their selection: per "
+          "training batch of 256). Run names decoded with aen_mini.experiments.replication.AUTHORS_CSV_GRID; their selection: per "
           "method and rho, the run with L0 closest to 16 (AEN over both gammas, as their sweep does; aen_by_gamma per "
           "gamma). Every run of the l1 SAE, TopK and the elastic net was read; AEN: 29 of 72 grid points (all 24 with "
           "lambda_1 = 0.001; 5 with 0.005, one of them at 3 rho only); adaptive lasso: 2 of 24, so no pick is made for it.")

@@ -44,7 +44,8 @@ import saelens_synthetic  # noqa: E402
 from aen_mini.io.atomic import atomic_write_text  # noqa: E402
 from aen_mini.eval.calibrate import power_law_start, search_l1  # noqa: E402
 from aen_mini.sae import SAE, make_sae  # noqa: E402
-from aen_mini.experiments.sweep import EMA_BETA, GAMMA, REF_PCT, WARMUP_FRAC, WARMUP_START_FRAC, _DevicePool  # noqa: E402
+from aen_mini.experiments.recipes import EMA_BETA, GAMMA, REF_PCT, WARMUP_FRAC, WARMUP_START_FRAC  # noqa: E402
+from aen_mini.experiments.sweep import _DevicePool  # noqa: E402
 from aen_mini.train.loop import TrainConfig, train  # noqa: E402
 
 # SAELens docs/synth_sae_bench.md, "Raw results for SynthSAEBench-16k at selected L0s", L0 = 25: mean ± std over

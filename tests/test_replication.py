@@ -108,7 +108,7 @@ def test_authors_protocol_gradient_is_their_formula():
     mean over batch and features of (x - x_hat)^2 plus lambda_1 times the batch mean of ||h||_1."""
     import torch
 
-    from aen_mini.grid import GridConfig, GridRun, GridTrainer, SpikedStreams
+    from aen_mini.train.grid import GridConfig, GridRun, GridTrainer, SpikedStreams
 
     sae = R._sae("relu_l1", TINY, R.PROTOCOLS["authors"], 0, {"l1_coeff": 0.01})
     streams = SpikedStreams(TINY.n, TINY.m, TINY.k, [(0.5, 0)], seed=0)

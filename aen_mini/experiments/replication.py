@@ -636,7 +636,7 @@ def report_markdown(records: list[dict], metadata: dict, paper: list[dict] | dic
                   f"selection (the run with L0 closest to {sizes.k}). The paper's numbers are at full size.", ""]
         if any(r.get("grid_name") == "narrow" for r in authors):
             lines += ["Grid: `AUTHORS_GRID_NARROW` (13 of their grid points per rho and seed, listed in "
-                      "`aen_mini/replication.py`); their selection is made among these points only. Selected "
+                      "`aen_mini/experiments/replication.py`); their selection is made among these points only. Selected "
                       "points per seed: the records' coefficients in the JSON file.", ""]
         paper_of = {(p["method"], p["rho"]): p for p in paper_file["records"]}
         if paper_file.get("source"):
