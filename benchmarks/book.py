@@ -18,9 +18,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from aen_mini.experiments.report import markdown_table, provenance, provenance_markdown, write_report
-
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # this checkout's aen_mini, installed or not
+
+from aen_mini.experiments.report import markdown_table, provenance, provenance_markdown, write_report  # noqa: E402
+
 JUPYTER_BOOK = Path(sys.executable).with_name("jupyter-book")
 TARGET_S = 300  # `make book` on 2 CPU cores: the whole book in at most 5 minutes
 

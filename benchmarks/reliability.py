@@ -25,16 +25,18 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from aen_mini.data.source import TensorSource
-from aen_mini.experiments.report import markdown_table, provenance, provenance_markdown, write_report
-from aen_mini.io.checkpoint import load_checkpoint, load_sae_state
-from aen_mini.run import crash_worker
-from aen_mini.run.cli_cases import SPIKED, adversarial_cases, run_cli
-from aen_mini.run.runfolder import RunFolderLock
-from aen_mini.sae import make_sae
-from aen_mini.train.loop import TrainConfig, train
-
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # this checkout's aen_mini, installed or not
+
+from aen_mini.data.source import TensorSource  # noqa: E402
+from aen_mini.experiments.report import markdown_table, provenance, provenance_markdown, write_report  # noqa: E402
+from aen_mini.io.checkpoint import load_checkpoint, load_sae_state  # noqa: E402
+from aen_mini.run import crash_worker  # noqa: E402
+from aen_mini.run.cli_cases import SPIKED, adversarial_cases, run_cli  # noqa: E402
+from aen_mini.run.runfolder import RunFolderLock  # noqa: E402
+from aen_mini.sae import make_sae  # noqa: E402
+from aen_mini.train.loop import TrainConfig, train  # noqa: E402
+
 VARIANT_HYPERPARAMETERS = {"aen": crash_worker.DEFAULT_SPEC["hyperparameters"],
                            "batch_topk": {"k": 3, "dead_after_tokens": 640}, "topk": {"k": 3, "dead_after_tokens": 640}}
 

@@ -16,9 +16,11 @@ import sys
 import time
 from pathlib import Path
 
-from aen_mini.experiments.report import provenance, provenance_markdown, write_report
-
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # this checkout's aen_mini, installed or not
+
+from aen_mini.experiments.report import provenance, provenance_markdown, write_report  # noqa: E402
+
 
 
 def readme_snippet() -> str:

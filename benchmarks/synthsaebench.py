@@ -44,7 +44,8 @@ import saelens_synthetic  # noqa: E402
 from aen_mini.io.atomic import atomic_write_text  # noqa: E402
 from aen_mini.eval.calibrate import power_law_start, search_l1  # noqa: E402
 from aen_mini.sae import SAE, make_sae  # noqa: E402
-from aen_mini.experiments.sweep import EMA_BETA, GAMMA, REF_PCT, WARMUP_FRAC, WARMUP_START_FRAC, _DevicePool  # noqa: E402
+from aen_mini.experiments.recipes import EMA_BETA, GAMMA, REF_PCT, WARMUP_FRAC, WARMUP_START_FRAC  # noqa: E402
+from aen_mini.data.source import TensorSource  # noqa: E402
 from aen_mini.train.loop import TrainConfig, train  # noqa: E402
 
 # SAELens docs/synth_sae_bench.md, "Raw results for SynthSAEBench-16k at selected L0s", L0 = 25: mean ± std over
@@ -196,7 +197,7 @@ def train_one(method: str, size: Size, data: torch.Tensor | Any, l1_coeff: float
     cfg = TrainConfig(steps=steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device,
                       precision="bf16" if args.device.startswith("cuda") else "fp32",
                       log_every=max(1, steps // 10), progress=False)
-    source = _DevicePool(data, seed=args.seed) if isinstance(data, torch.Tensor) else SyntheticStream(data, args.seed)
+    source = TensorSource(data, seed=args.seed) if isinstance(data, torch.Tensor) else SyntheticStream(data, args.seed)
     result = train(sae, source, cfg)
     history = [{k: round(h[k], 4) for k in ("step", "mse", "l0", "dead_pct") if k in h} for h in result.history]
     return result.sae.eval(), history

@@ -1,4 +1,4 @@
-"""The package's layers, checked statically (an AST walk; nothing is imported) plus one import in a bare subprocess.
+"""The package's layers, checked statically (an AST walk) plus one import in a bare subprocess.
 
 Imports run one way, down this list (a layer may import its own package and any layer below it, never a sibling):
 
@@ -7,8 +7,8 @@ Imports run one way, down this list (a layer may import its own package and any 
 ``aen_mini/__main__.py`` (the entry point) sits above them all. The library (every layer below experiments) never
 imports experiments or the book, not even inside a function. matplotlib, ipywidgets, IPython and scipy are imported
 at module level only in book/ and eval/recovery.py, so the core installs and imports with torch, numpy, safetensors
-and tqdm alone: the last test proves it with those packages made unimportable. No Python file in aen_mini/ or
-benchmarks/ exceeds MAX_LINES, and no benchmark imports from tests/.
+and tqdm alone: a test proves it with those packages made unimportable. No Python file in aen_mini/ or benchmarks/
+exceeds MAX_LINES, no benchmark imports from tests/, and every name a chapter imports from the package exists.
 """
 from __future__ import annotations
 
@@ -127,7 +127,7 @@ def test_benchmarks_do_not_import_the_tests() -> None:
     wrong = [f"{p.relative_to(ROOT)}:{line} imports {name}" for p in sorted((ROOT / "benchmarks").glob("*.py"))
              for line, name in imports(p) if name.split(".")[0] in test_modules | {"tests"}]
     wrong += [f"{p.relative_to(ROOT)} puts tests/ on sys.path" for p in sorted((ROOT / "benchmarks").glob("*.py"))
-              if '"tests"' in p.read_text() and "sys.path" in p.read_text()]
+              for line in p.read_text().splitlines() if "sys.path" in line and '"tests"' in line]
     assert not wrong, wrong
 
 
@@ -191,3 +191,34 @@ def test_the_core_imports_and_trains_without_the_book_packages(tmp_path: Path) -
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "core ok" in done.stdout
+
+
+def _notebook_imports() -> list[tuple[str, str, list[str]]]:
+    """(notebook, module, names) of every `from aen_mini... import` in the chapters' code cells."""
+    import json
+
+    found = []
+    sources = [(p, "\n".join("".join(c["source"]) for c in json.loads(p.read_text())["cells"] if c["cell_type"] == "code"))
+               for p in sorted((ROOT / "notebooks").glob("*.ipynb"))]
+    for path, source in sources:
+        code = "\n".join(line for line in source.splitlines() if not line.lstrip().startswith(("!", "%")))
+        for node in ast.walk(ast.parse(code)):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("aen_mini"):
+                found.append((path.name, node.module, [a.name for a in node.names]))
+    return found
+
+
+def test_the_chapters_import_names_that_exist() -> None:
+    """A moved or renamed name fails here in seconds, not in the notebooks' run under nbval."""
+    import importlib
+    import importlib.util
+
+    def exists(module: str, name: str) -> bool:
+        imported = importlib.import_module(module)
+        if hasattr(imported, name):
+            return True
+        return hasattr(imported, "__path__") and importlib.util.find_spec(f"{module}.{name}") is not None  # a submodule
+
+    missing = [f"{nb}: from {module} import {name}" for nb, module, names in _notebook_imports() for name in names
+               if not exists(module, name)]
+    assert not missing, missing

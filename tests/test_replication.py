@@ -66,3 +66,119 @@ def test_results_file_round_trips():
     data = json.loads(R.dumps({"size": "tiny"}, records))
     assert data["records"] == records and data["metadata"] == {"size": "tiny"}
     assert data["summary"]["ours|aen|ours|False|0.0"]["seeds"] == 1
+
+
+def test_narrowed_grid_holds_only_points_of_the_authors_grid():
+    """AUTHORS_GRID_NARROW: each point is one of their sweep file's (AUTHORS_GRID, gamma 1 where not given)."""
+    with_gamma = lambda point: {"gamma": 1.0, **point}  # noqa: E731
+    for method, points in R.AUTHORS_GRID_NARROW.items():
+        full = [with_gamma(q) if method in ("aen", "adaptive_lasso") else q for q in R.AUTHORS_GRID[method]]
+        for point in points:
+            point = with_gamma(point) if method in ("aen", "adaptive_lasso") else point
+            assert point in full, (method, point)
+    assert any(p.get("gamma") == 0.5 for p in R.AUTHORS_GRID_NARROW["aen"])
+
+
+def test_the_authors_grid_is_their_sweep_file():
+    """configs/spiked/spiked_model_sweep.yaml: 5 l1 values; 3 x 4 elastic net; 3 x 4 x 2 x 2 x 2 AEN (lambda_1,
+    lambda_2, gamma, ema_beta, ref_k_top_pct); 3 x 2 x 2 x 2 adaptive lasso."""
+    sizes = {method: len(points) for method, points in R.AUTHORS_GRID.items()}
+    assert sizes == {"relu_l1": 5, "elastic_net": 12, "aen": 96, "adaptive_lasso": 24, "topk": 1}
+    assert {p["gamma"] for p in R.AUTHORS_GRID["aen"]} == {0.5, 1.0}
+
+
+def test_authors_run_on_a_given_grid_records_the_grid_and_the_authors_dead_count():
+    grid = {"relu_l1": [{"l1_coeff": 0.005}], "aen": [{"l1_coeff": 0.001, "l2_coeff": 0.005, "gamma": 0.5}],
+            "adaptive_lasso": [{"l1_coeff": 0.001, "ema_beta": 0.9999, "ref_pct": 0.05}]}
+    records = R.run_authors([0.0], [0], TINY, "cpu", grid=grid, families=(("relu_l1", "aen", "adaptive_lasso"),))
+    assert sorted(r["method"] for r in records) == ["adaptive_lasso", "aen", "relu_l1"]
+    aen = next(r for r in records if r["method"] == "aen")
+    assert aen["gamma"] == 0.5 and aen["grid_name"] == "full"  # a custom grid is not the narrowed one
+    for r in records:
+        # the authors' count: the trainer's dead % (silent for dead_after_tokens) at the last step
+        assert r["history"][-1]["step"] == r["steps"]
+        assert R.training_window_dead(r) == r["history"][-1]["dead_pct"]
+    assert R.training_window_dead({**records[0], "history": records[0]["history"][:-1]}) is None
+    text = R.report_markdown(records, {"size": "tiny", "complete": True})
+    assert "dead % (last 10k steps)" in text and "| adaptive_lasso |" in text
+
+
+def test_authors_protocol_gradient_is_their_formula():
+    """One step of the grid under the authors' protocol has the gradient of their loss as their code writes it:
+    mean over batch and features of (x - x_hat)^2 plus lambda_1 times the batch mean of ||h||_1."""
+    import torch
+
+    from aen_mini.train.grid import GridConfig, GridRun, GridTrainer, SpikedStreams
+
+    sae = R._sae("relu_l1", TINY, R.PROTOCOLS["authors"], 0, {"l1_coeff": 0.01})
+    streams = SpikedStreams(TINY.n, TINY.m, TINY.k, [(0.5, 0)], seed=0)
+    trainer = GridTrainer([GridRun(sae, init="authors")], streams, GridConfig(steps=1, batch_size=64, grad_clip=None))
+    trainer._draw()
+    x = trainer.x[0].clone()
+    p = {k: v.detach()[0].clone().requires_grad_() for k, v in trainer.params.items()}
+    h = torch.relu((x - p["b_dec"]) @ p["W_enc"].T + p["b_enc"])
+    x_hat = h @ p["W_dec"].T + p["b_dec"]
+    (((x - x_hat) ** 2).mean() + 0.01 * h.abs().sum(1).mean()).backward()
+    trainer._forward_backward()
+    for name, value in p.items():
+        assert torch.allclose(value.grad, trainer.params[name].grad[0], rtol=1e-5, atol=1e-7), name
+
+
+def test_authors_csv_run_names_decode_to_the_grid_of_their_csv_commit():
+    """Their CSV names runs <model>_sweepNNN: NNN indexes the product of configs/spiked/p1.yaml's lists at 467cae4."""
+    assert R.authors_csv_point("vanilla_l1_sweep001") == ("relu_l1", {"l1_coeff": 0.005})
+    assert R.authors_csv_point("topk_baseline_sweep001") == ("topk", {"k": 16})
+    assert R.authors_csv_point("elastic_net_sweep005") == ("elastic_net", {"l1_coeff": 0.005, "l2_coeff": 0.0001})
+    assert R.authors_csv_point("adaptive_elastic_net_sweep066") == (
+        "aen", {"l1_coeff": 0.001, "l2_coeff": 0.0001, "gamma": 0.5, "ema_beta": 0.9999, "ref_pct": 0.05})
+    for bad in ("vanilla_l1_sweep004", "relu_sweep000", "vanilla_l1"):
+        with pytest.raises(ValueError, match="model_type"):
+            R.authors_csv_point(bad)
+
+
+def test_authors_csv_selection_is_the_run_nearest_16_and_says_how_much_was_read():
+    runs = [{"method": "relu_l1", "rho": 0.9, "l0": l0, "run": name} for name, l0 in (("a", 1.48), ("b", 1.54), ("c", 60.4))]
+    runs.append({"method": "topk", "rho": 0.9, "l0": 14.9, "run": "k16"})
+    picks = {p["method"]: p for p in R.authors_csv_selection(runs)}
+    assert picks["relu_l1"]["run"] == "b" and picks["relu_l1"]["points_read"] == 3
+    assert picks["relu_l1"]["grid_points"] == 4 and picks["topk"]["grid_points"] == 5
+
+
+def test_committed_csv_picks_are_the_script_applied_to_the_committed_rows():
+    import importlib.util
+    import json
+    from pathlib import Path
+    root = Path(__file__).resolve().parent.parent
+    spec = importlib.util.spec_from_file_location("paper_spiked_csv", root / "benchmarks" / "paper_spiked_csv.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    runs = script.points(root / "benchmarks" / "paper_spiked_csv_rows.tsv")
+    committed = json.loads((root / "benchmarks" / "paper_spiked_csv.json").read_text())
+    assert committed["points"] == runs
+    assert committed["records"] == [p for p in R.authors_csv_selection(runs) if p["method"] != "adaptive_lasso"]
+    relu = {r["rho"]: r for r in committed["records"] if r["method"] == "relu_l1"}
+    assert {r["l1_coeff"] for r in relu.values()} == {0.005} and relu[0.9]["dead_pct"] == pytest.approx(90.52734375)
+
+
+def test_report_puts_a_shared_grid_point_side_by_side():
+    record = {"protocol": "authors", "method": "relu_l1", "rho": 0.9, "seed": 0, "l0": 1.6, "dead_pct": 97.0, "ev": 0.3,
+              "support_f1": 0.0, "calibration_converged": False, "grid": [{"hyper": {"l1_coeff": 0.005}, "l0": 1.6},
+                                                                           {"hyper": {"l1_coeff": 0.05}, "l0": 0.2}]}
+    paper = {"source": "their CSV", "records": [{"method": "relu_l1", "rho": 0.9, "point": "l1 = 0.005", "l0": 1.54,
+                                                 "dead_pct": 90.5, "ev": 0.382, "points_read": 4, "grid_points": 4}],
+             "points": [{"method": "relu_l1", "rho": 0.9, "l1_coeff": 0.005, "point": "l1 = 0.005", "l0": 1.54}]}
+    text = R.report_markdown([record], {"size": "full", "complete": True}, paper)
+    assert "| relu_l1 | 0.9 | l1 = 0.005 | 1.60 (1 seeds) | 1.54 |" in text
+    assert "The paper's side: their CSV" in text and "l1 = 0.05" not in text  # ours only: no row
+
+
+def test_their_aen_pick_is_trained_alone_and_scored_with_its_coefficients():
+    import json
+    from pathlib import Path
+    picks = json.loads((Path(__file__).resolve().parent.parent / "benchmarks" / "paper_spiked_csv.json").read_text())
+    grids = R.csv_pick_grids(picks["records"])
+    assert sorted(grids) == [0.0, 0.3, 0.5, 0.7, 0.9] and all(list(g) == ["aen"] for g in grids.values())
+    assert grids[0.9]["aen"] == [{"l1_coeff": 0.001, "l2_coeff": 0.0001, "gamma": 0.5, "ema_beta": 0.9999, "ref_pct": 0.05}]
+    (record,) = R.run_authors([0.9], [0], TINY, "cpu", grid=grids[0.9], families=(("aen",),), grid_name="csv_pick")
+    assert record["grid_name"] == "csv_pick" and record["gamma"] == 0.5 and record["ema_beta"] == 0.9999
+    assert record["l2_coeff"] == pytest.approx(0.0001 * 256 / TINY.n) and len(record["grid"]) == 1

@@ -19,7 +19,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 import synthsaebench as bench  # noqa: E402
 from test_saelens import _saelens_python  # noqa: E402
 
-from aen_mini.experiments.sweep import WARMUP_FRAC, WARMUP_START_FRAC  # noqa: E402
+from aen_mini.experiments.recipes import WARMUP_FRAC, WARMUP_START_FRAC  # noqa: E402
 
 
 def test_view_hands_saelens_the_decoder_as_rows_and_our_map_unchanged():

@@ -31,10 +31,13 @@ class TensorSource:
         self._order = self._permutation(0)
 
     def _permutation(self, epoch: int) -> torch.Tensor:
+        """The epoch's order, beside the activations: indexing a GPU tensor with a CPU index copies the index
+        synchronously, which would stall the GPU once per step. Drawn on the CPU, so every device has one order."""
         n = self.activations.shape[0]
         if not self.shuffle:
-            return torch.arange(n)
-        return torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + epoch))
+            return torch.arange(n, device=self.activations.device)
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + epoch))
+        return order.to(self.activations.device)
 
     def next_batch(self, batch_size: int) -> torch.Tensor:
         check_positive_int("batch_size", batch_size)

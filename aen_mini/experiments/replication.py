@@ -18,6 +18,7 @@ fires there. Each record carries the firing-density histogram (log10 of the frac
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import platform
@@ -35,8 +36,9 @@ from aen_mini.train.grid import GridConfig, GridRun, GridTrainer, SpikedStreams,
 from aen_mini.eval.metrics import explained_variance, support_scores
 from aen_mini.sae import make_sae
 
-__all__ = ["Size", "SIZES", "Protocol", "PROTOCOLS", "Cell", "AUTHORS_GRID", "CONTROLLED_CELLS", "TARGET_L0",
-           "DENSITY_BINS", "run_authors", "run_controlled", "speed_benchmark", "load_results", "summarise", "summary_table",
+__all__ = ["Size", "SIZES", "Protocol", "PROTOCOLS", "Cell", "AUTHORS_GRID", "AUTHORS_GRID_NARROW", "AUTHORS_CSV_GRID", "authors_csv_point",
+           "authors_csv_selection", "csv_pick_grids", "CONTROLLED_CELLS", "TARGET_L0",
+           "DENSITY_BINS", "training_window_dead", "run_authors", "run_controlled", "speed_benchmark", "load_results", "summarise", "summary_table",
            "report_markdown", "main"]
 
 TARGET_L0 = 16.0
@@ -102,15 +104,90 @@ PROTOCOLS = {
                      dead_after_steps=75),
 }
 
-# The authors' grid (their sweep file) with what we cut: AEN at gamma = 1 only (their grid also has 0.5) and no
-# adaptive lasso (their paper's headline compares L1, TopK and AEN). ema_beta and ref_pct are searched as they do.
+# The authors' grid (their sweep file, configs/spiked/spiked_model_sweep.yaml): every lambda, gamma, ema_beta and
+# ref_pct they list, the adaptive lasso included. (The CPU-scale study and the rho = 0.9 full-grid run,
+# benchmarks/replication.json and replication_full_authors.json, ran before gamma = 0.5 and the adaptive lasso
+# were added: they used gamma = 1 only and no adaptive lasso.)
 AUTHORS_GRID: dict[str, list[dict[str, float]]] = {
     "relu_l1": [{"l1_coeff": l1} for l1 in (0.05, 0.01, 0.005, 0.001, 0.0005)],
     "elastic_net": [{"l1_coeff": l1, "l2_coeff": l2} for l1 in (0.01, 0.005, 0.001) for l2 in (0.005, 0.001, 0.0005, 0.0001)],
-    "aen": [{"l1_coeff": l1, "l2_coeff": l2, "ema_beta": b, "ref_pct": r} for l1 in (0.01, 0.005, 0.001)
-            for l2 in (0.005, 0.001, 0.0005, 0.0001) for b in (0.999, 0.9999) for r in (0.05, 0.01)],
+    "aen": [{"l1_coeff": l1, "l2_coeff": l2, "gamma": g, "ema_beta": b, "ref_pct": r} for l1 in (0.01, 0.005, 0.001)
+            for l2 in (0.005, 0.001, 0.0005, 0.0001) for g in (0.5, 1.0) for b in (0.999, 0.9999) for r in (0.05, 0.01)],
+    "adaptive_lasso": [{"l1_coeff": l1, "gamma": g, "ema_beta": b, "ref_pct": r} for l1 in (0.01, 0.005, 0.001)
+                       for g in (0.5, 1.0) for b in (0.999, 0.9999) for r in (0.05, 0.01)],
     "topk": [{"k": 16}],  # their k grid is 8..128; "L0 closest to 16" picks k = 16 by construction
 }
+
+# The authors' grid narrowed to fit the device budget at 5 rho x 3 seeds: only points of their grid, chosen as
+# those whose L0 was nearest 16 in our full-size run of their whole grid at rho = 0.9, seed 0
+# (benchmarks/replication_full_authors.json; L0 there in the comments), plus their gamma = 0.5 and one
+# adaptive-lasso point. Their selection is then made among these points only.
+AUTHORS_GRID_NARROW: dict[str, list[dict[str, float]]] = {
+    "relu_l1": [{"l1_coeff": l1} for l1 in (0.01, 0.005, 0.001, 0.0005)],  # 1.4, 1.8, 59.6, 162.9
+    "elastic_net": [{"l1_coeff": 0.01, "l2_coeff": 0.001}, {"l1_coeff": 0.005, "l2_coeff": 0.001}],  # 14.1, 17.7
+    "aen": [{"l1_coeff": 0.001, "l2_coeff": 0.005, "ema_beta": 0.999, "ref_pct": 0.05},  # 18.5
+            {"l1_coeff": 0.001, "l2_coeff": 0.005, "ema_beta": 0.999, "ref_pct": 0.01},  # 11.6
+            {"l1_coeff": 0.001, "l2_coeff": 0.005, "ema_beta": 0.9999, "ref_pct": 0.01},  # 24.6
+            {"l1_coeff": 0.001, "l2_coeff": 0.001, "ema_beta": 0.9999, "ref_pct": 0.05},  # 13.4
+            {"l1_coeff": 0.005, "l2_coeff": 0.005, "ema_beta": 0.9999, "ref_pct": 0.05},  # 9.6
+            {"l1_coeff": 0.001, "l2_coeff": 0.005, "ema_beta": 0.999, "ref_pct": 0.05, "gamma": 0.5}],
+    "adaptive_lasso": [{"l1_coeff": 0.001, "ema_beta": 0.9999, "ref_pct": 0.05}],
+    "topk": [{"k": 16}],
+}
+
+# The grid behind the authors' CSV (notebooks/spiked_final_summary.csv): its runs were made at their commit 467cae4
+# with the per-rho configs configs/spiked/p1.yaml ... p5.yaml of that commit, not with the later sweep file above
+# (there the l1 SAE's lambda_1 list starts at 0.05 and lambda_2 at 0.005). A run is named <model>_sweepNNN, NNN the
+# index of its point in the product of the listed values, keys in file order, the last varying fastest: with this
+# grid vanilla_l1_sweep001 is lambda_1 = 0.005 (the CSV holds 4 l1 points and 9 elastic-net points, and their L0
+# fall as lambda_1 grows in that order; the expansion code of 467cae4 is not among the stored versions).
+# the coefficient names of a grid point (their names: lambda_1, lambda_2, gamma, ema_beta, ref_k_top_pct, k)
+NAMED_COEFFS = ("l1_coeff", "l2_coeff", "gamma", "ema_beta", "ref_pct", "k")
+AUTHORS_CSV_GRID: dict[str, tuple[str, dict[str, tuple[float, ...]]]] = {
+    "vanilla_l1": ("relu_l1", {"l1_coeff": (0.01, 0.005, 0.001, 0.0005)}),
+    "elastic_net": ("elastic_net", {"l1_coeff": (0.01, 0.005, 0.001), "l2_coeff": (0.001, 0.0005, 0.0001)}),
+    "adaptive_lasso": ("adaptive_lasso", {"l1_coeff": (0.01, 0.005, 0.001), "gamma": (0.5, 1.0),
+                                          "ema_beta": (0.999, 0.9999), "ref_pct": (0.05, 0.01)}),
+    "adaptive_elastic_net": ("aen", {"l1_coeff": (0.01, 0.005, 0.001), "l2_coeff": (0.001, 0.0005, 0.0001),
+                                     "gamma": (0.5, 1.0), "ema_beta": (0.999, 0.9999), "ref_pct": (0.05, 0.01)}),
+    "topk_baseline": ("topk", {"k": (8, 16, 32, 64, 128)}),
+}
+
+
+def authors_csv_point(model_type: str) -> tuple[str, dict[str, float]]:
+    """Our method name and the coefficients of one run of the authors' CSV, from its name ("vanilla_l1_sweep001")."""
+    name, _, index = model_type.rpartition("_sweep")
+    if name not in AUTHORS_CSV_GRID or not index.isdigit():
+        raise ValueError(f"model_type {model_type!r} is not <model>_sweepNNN with a model of AUTHORS_CSV_GRID")
+    method, axes = AUTHORS_CSV_GRID[name]
+    points = list(itertools.product(*axes.values()))
+    if int(index) >= len(points):
+        raise ValueError(f"model_type {model_type!r}: {name} has {len(points)} grid points")
+    return method, dict(zip(axes, points[int(index)]))
+
+
+def csv_pick_grids(picks: list[dict], methods: tuple[str, ...] = ("aen",)) -> dict[float, dict[str, list[dict]]]:
+    """Per rho, a grid holding only the authors' own pick for each of ``methods`` (the records of
+    benchmarks/paper_spiked_csv.json): trained alone, each is "selected" and fully scored, so its dead % can be set
+    next to theirs at the same coefficients."""
+    grids: dict[float, dict[str, list[dict]]] = {}
+    for pick in picks:
+        if pick["method"] in methods:
+            hyper = {k: pick[k] for k in NAMED_COEFFS if k in pick}
+            grids.setdefault(pick["rho"], {})[pick["method"]] = [hyper]
+    return grids
+
+
+def authors_csv_selection(points: list[dict], target: float = TARGET_L0) -> list[dict]:
+    """Their selection on their CSV: per (method, rho) the run whose L0 is closest to ``target``. ``points`` are
+    dicts with method, rho, l0 (and anything else, kept); each pick records how many of the method's grid points
+    were read (``points_read``) out of ``grid_points``, so a pick among a partial transcription says so."""
+    groups: dict[tuple[str, float], list[dict]] = {}
+    for point in points:
+        groups.setdefault((point["method"], point["rho"]), []).append(point)
+    sizes = {method: math.prod(len(v) for v in axes.values()) for method, axes in AUTHORS_CSV_GRID.values()}
+    return [{**min(group, key=lambda p: abs(p["l0"] - target)), "points_read": len(group), "grid_points": sizes[key[0]]}
+            for key, group in sorted(groups.items())]
 
 
 @dataclass(frozen=True)
@@ -255,7 +332,7 @@ def _sae(variant: str, size: Size, protocol: Protocol, seed: int, hyper: dict[st
               "loss_scale": protocol.loss_scale}
     if variant == "topk":
         return make_sae("topk", size.n, size.d_sae, k=size.k, aux_coeff=hyper.get("aux_coeff", 0.0), **common)
-    if variant == "aen":
+    if variant in ("aen", "adaptive_lasso"):
         hyper = {"gamma": protocol.gamma, "ema_beta": protocol.ema_beta, "ref_pct": protocol.ref_pct,
                  "warmup_start": protocol.warmup_start, "warmup_steps": protocol.warmup_steps, **hyper}
     return make_sae(variant, size.n, size.d_sae, **hyper, **common)
@@ -268,20 +345,23 @@ def _history_of(trainer: GridTrainer, i: int) -> list[dict]:
 
 # --- the authors' protocol -------------------------------------------------------------------------------------
 def run_authors(rhos: list[float], seeds: list[int], size: Size, device: str, workers: int = 1,
-                progress: bool = False) -> list[dict]:
-    """Every grid point of AUTHORS_GRID at every (rho, seed), as two batched jobs (ReLU family, TopK); returns
-    one record per (method, rho, seed): the grid point with L0 closest to 16 (their selection), fully scored,
-    with the grid's (coefficients, L0) listed in ``grid``."""
+                progress: bool = False, grid: dict[str, list[dict[str, float]]] | None = None,
+                families: tuple[tuple[str, ...], ...] = (("relu_l1", "elastic_net", "aen", "adaptive_lasso"),
+                                                         ("topk",)), grid_name: str | None = None) -> list[dict]:
+    """Every point of ``grid`` (default AUTHORS_GRID) at every (rho, seed), one batched job per family (ReLU
+    family, TopK); returns one record per (method, rho, seed): the grid point with L0 closest to 16 (their
+    selection), fully scored, with the grid's (coefficients, L0) listed in ``grid``."""
+    grid = AUTHORS_GRID if grid is None else grid
     protocol = PROTOCOLS["authors"].scaled(size.step_scale)
     pairs = [(rho, seed) for rho in rhos for seed in seeds]
     streams = SpikedStreams(size.n, size.m, size.k, pairs, device=device, seed=1000 + len(pairs))
     target = TARGET_L0 * size.k / 16
     records = []
-    for family in (("relu_l1", "elastic_net", "aen"), ("topk",)):
+    for family in families:
         meta, runs = [], []
         for s, (rho, seed) in enumerate(pairs):
             for method in family:
-                for hyper in AUTHORS_GRID[method]:
+                for hyper in grid.get(method, []):
                     # their lambdas are in mean-scale units (sum-scale / n): keep the sum-scale value of the paper's
                     # size (n = 256) at smaller sizes, since the calibrated sum-scale l1 hardly depends on n
                     hyper = {k: v * 256 / size.n if k in ("l1_coeff", "l2_coeff") else v for k, v in hyper.items()}
@@ -298,13 +378,15 @@ def run_authors(rhos: list[float], seeds: list[int], size: Size, device: str, wo
         order = list(chosen.values())
         for i, scores in zip(order, _score(trainer, streams, size, order, workers)):
             method, rho, seed, hyper = meta[i]
-            grid = [{"hyper": meta[j][3], "l0": l0s[j]} for j in range(len(meta)) if meta[j][:3] == (method, rho, seed)]
+            tried = [{"hyper": meta[j][3], "l0": l0s[j]} for j in range(len(meta)) if meta[j][:3] == (method, rho, seed)]
             records.append({"protocol": "authors", "method": method, "rho": rho, "seed": seed, "init": "authors",
                             "l1_warmup": False, "aux": False, "centred": False, "steps": protocol.steps,
                             "batch_size": protocol.batch_size, "loss_scale": protocol.loss_scale,
                             "target_l0": target, "selection": "grid point with L0 closest to the target", **hyper,
                             "calibration_converged": abs(scores["l0"] / target - 1) <= REL_TOL, **scores,
-                            "grid": grid, "history": _history_of(trainer, i), "graph": trainer.graph is not None})
+                            "grid": tried,
+                            "grid_name": grid_name or ("narrow" if grid is AUTHORS_GRID_NARROW else "full"),
+                            "history": _history_of(trainer, i), "graph": trainer.graph is not None})
     return records
 
 
@@ -490,12 +572,50 @@ def summarise(records: list[dict], keys: tuple[str, ...], metric: str) -> dict[t
     return out
 
 
+def training_window_dead(record: dict) -> float | None:
+    """Dead % as the authors count it: latents silent over the last ``dead_after_steps`` training steps at the end
+    of training (the last logged step of the record's history; None if the log does not reach the end)."""
+    history = record.get("history") or []
+    return history[-1]["dead_pct"] if history and history[-1]["step"] == record["steps"] else None
+
+
+def _num(value: float | None, digits: int) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
 def _fmt(s: Summary, digits: int = 1) -> str:
     return f"{s.mean:.{digits}f} ± {s.std:.{digits}f}" if s.n > 1 else f"{s.mean:.{digits}f}"
 
 
-def report_markdown(records: list[dict], metadata: dict, paper: list[dict] | None = None) -> str:
-    """The replication report: the authors' protocol next to the paper's numbers, then the controlled study."""
+def _paper_point(p: dict) -> str:
+    if not p:
+        return "–"
+    partial = p.get("points_read", 0) < p.get("grid_points", 0)
+    return p.get("point", "–") + (f" ({p['points_read']} of {p['grid_points']} points read)" if partial else "")
+
+
+def _same_points(authors: list[dict], paper_points: list[dict]) -> list[str]:
+    """Rows of (method, rho, grid point, our mean L0 over seeds, their L0) for every point of our grid that is also
+    a run of their CSV: the same coefficients, side by side (each record carries every grid point's L0)."""
+    theirs = {(q["method"], q["rho"], tuple(sorted((k, q[k]) for k in NAMED_COEFFS if k in q))): q for q in paper_points}
+    ours: dict[tuple, list[float]] = {}
+    for r in authors:
+        for g in r.get("grid", []):
+            hyper = {**({"gamma": 1.0} if r["method"] in ("aen", "adaptive_lasso") else {}), **g["hyper"]}
+            ours.setdefault((r["method"], r["rho"], tuple(sorted(hyper.items()))), []).append(g["l0"])
+    rows = []
+    for key in sorted(k for k in ours if k in theirs):
+        values = ours[key]
+        rows.append(f"| {key[0]} | {key[1]} | {theirs[key]['point']} | {sum(values) / len(values):.2f} "
+                    f"({len(values)} seeds) | {theirs[key]['l0']:.2f} |")
+    return rows
+
+
+def report_markdown(records: list[dict], metadata: dict, paper: list[dict] | dict | None = None) -> str:
+    """The replication report: the authors' protocol next to the paper's numbers, then the controlled study.
+    ``paper``: records of method, rho, dead_pct (and point, l0, ev), or a file's dict of them with its ``source``
+    and, for the authors' CSV, ``points`` (every run read, compared with ours at the same coefficients)."""
+    paper_file = paper if isinstance(paper, dict) else {"records": paper or []}
     sizes = SIZES.get(metadata.get("size", "full"), SIZES["full"])
     lines = ["# Replication of the spiked synthetic study (issue 11)", "",
              f"Device: {metadata.get('gpu') or metadata.get('device')}; torch {metadata.get('torch')}; commit "
@@ -514,9 +634,18 @@ def report_markdown(records: list[dict], metadata: dict, paper: list[dict] | Non
                   "clipping, batch 256, their schedule (at full size 50,000 steps, reweighting from step 10,000 with "
                   f"a 2,000-step ramp; scaled by {sizes.step_scale:g} here), TopK without AuxK, their grid and their "
                   f"selection (the run with L0 closest to {sizes.k}). The paper's numbers are at full size.", ""]
-        paper_of = {(p["method"], p["rho"]): p for p in (paper or [])}
-        lines += ["| method | rho | seeds | L0 | dead % (ours) | dead % (paper) | EV (ours) | EV (paper) | F1 |",
-                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        if any(r.get("grid_name") == "narrow" for r in authors):
+            lines += ["Grid: `AUTHORS_GRID_NARROW` (13 of their grid points per rho and seed, listed in "
+                      "`aen_mini/experiments/replication.py`); their selection is made among these points only. Selected "
+                      "points per seed: the records' coefficients in the JSON file.", ""]
+        paper_of = {(p["method"], p["rho"]): p for p in paper_file["records"]}
+        if paper_file.get("source"):
+            lines += [f"The paper's side: {paper_file['source']}", ""]
+        lines += ["Two dead counts: over the held-out window above, and as the authors count (never firing in the last "
+                  "10,000 training steps, 2.56M samples at full size: `training_window_dead`).", "",
+                  "| method | rho | seeds | L0 | dead % (held out) | dead % (last 10k steps) | EV (ours) | F1 | "
+                  "paper: point | paper: L0 | paper: dead % | paper: EV |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         dead = summarise(authors, ("method", "rho"), "dead_pct")
         for (method, rho), s in sorted(dead.items(), key=lambda kv: (kv[0][0], kv[0][1])):
             rs = [r for r in authors if r["method"] == method and r["rho"] == rho]
@@ -525,8 +654,17 @@ def report_markdown(records: list[dict], metadata: dict, paper: list[dict] | Non
             ev = summarise(rs, ("method",), "ev")[(method,)]
             f1 = summarise(rs, ("method",), "support_f1")[(method,)]
             p = paper_of.get((method, rho), {})
-            lines.append(f"| {method} | {rho} | {s.n} | {_fmt(l0)}{flag} | {_fmt(s)} | {p.get('dead_pct', '–')} | "
-                         f"{_fmt(ev, 3)} | {p.get('ev', '–')} | {_fmt(f1, 3)} |")
+            window = [{"dead": training_window_dead(r)} for r in rs]
+            window_text = _fmt(summarise(window, (), "dead")[()]) if None not in [w["dead"] for w in window] else "–"
+            lines.append(f"| {method} | {rho} | {s.n} | {_fmt(l0)}{flag} | {_fmt(s)} | {window_text} | {_fmt(ev, 3)} | "
+                         f"{_fmt(f1, 3)} | "
+                         f"{_paper_point(p)} | {_num(p.get('l0'), 1)} | {_num(p.get('dead_pct'), 1)} | "
+                         f"{_num(p.get('ev'), 3)} |")
+        same = _same_points(authors, paper_file.get("points", []))
+        if same:
+            lines += ["", "The same grid point in both runs (their lambdas): our L0 (held out, mean over seeds) and "
+                      "theirs (last training batch, seed 0).", "",
+                      "| method | rho | point | our L0 | their L0 |", "| --- | --- | --- | --- | --- |", *same]
         lines += ["", "Protocol differences that remain: see the table in the book's chapter 3 and "
                   "`PROTOCOL_DIFFERENCES` below.", ""]
     ours = [r for r in records if r["protocol"] == "ours"]
@@ -558,7 +696,10 @@ def report_markdown(records: list[dict], metadata: dict, paper: list[dict] | Non
 # The other synthetic results of issue 11, written by their own commands.
 RELATED_REPORTS = [
     ("benchmarks/replication.md", "the calibrated controlled study and the authors' protocol at CPU scale, 3 seeds"),
-    ("benchmarks/replication_full_authors.md", "the authors' protocol at full size on one H200 (rho = 0.9, one seed)"),
+    ("benchmarks/replication_full_authors.md", "the authors' protocol at full size on one H200 (rho = 0.9, one seed, "
+     "their whole grid)"),
+    ("benchmarks/replication_authors_3seeds.md", "the authors' protocol at full size on one H200, every rho, 3 seeds "
+     "(narrowed grid), next to their CSV"),
     ("benchmarks/replication_speed.md", "many SAEs as one batched model on one H200"),
     ("benchmarks/synthsaebench.md", "SAELens's SynthSAEBench-16k, our variants at L0 = 25 (0.39 % of the published "
      "budget: an end-to-end check, not a benchmark score)"),
@@ -571,10 +712,15 @@ PROTOCOL_DIFFERENCES = [
     "includes the current batch): a one-step lag.",
     "Reference set: mean of the top ceil(pct m) EMAs (theirs: max(1, int(pct m)); 11 vs 10 latents at pct 1 %).",
     "Dead %: never firing on the held-out window above (theirs: max |h| <= 1e-12 over the last 10,000 training "
-    "steps, 2.56M training samples).",
-    "Grid: AEN at gamma = 1 only and no adaptive lasso (theirs also gamma 0.5 and the adaptive lasso), to fit the "
-    "GPU budget.",
-    "Seeds: 3 where run (their CSV has seed 0).",
+    "steps, 2.56M training samples, ten times our window: a latent firing once per million samples is alive for "
+    "them and dead for us).",
+    "L0 and EV: ours on 8,192 held-out samples (theirs: the last training batch of 256).",
+    "Grid: the full-size 3-seed run uses AUTHORS_GRID_NARROW (13 of their points per rho and seed, including one "
+    "gamma = 0.5 AEN point and one adaptive-lasso point), to fit the GPU budget; the rho = 0.9 seed-0 run "
+    "(benchmarks/replication_full_authors.md) used their whole grid except gamma = 0.5 and the adaptive lasso. Both "
+    "follow their later sweep file: its lambda_1 = 0.05 (l1 SAE) and lambda_2 = 0.005 points are not in the grid of "
+    "their CSV run (AUTHORS_CSV_GRID), and their CSV's AEN pick at rho = 0.9 is not in AUTHORS_GRID_NARROW.",
+    "Seeds: 3 (their CSV has seed 0).",
     "Matmuls in TF32 on the GPU (theirs: float32).",
 ]
 
@@ -586,7 +732,10 @@ def main(argv: list[str] | None = None, default_out: str = "benchmarks", prog: s
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", default=default_out)
     parser.add_argument("--parts", nargs="+", default=["speed", "authors", "ours"],
-                        help="speed, authors, authors_rest, ours, centred, centred_warmup, collapse (in this order)")
+                        help="speed, authors, authors_narrow, authors_csv_picks, authors_rest, ours, centred, "
+                             "centred_warmup, collapse (in this order)")
+    parser.add_argument("--csv-picks", default="benchmarks/paper_spiked_csv.json",
+                        help="for authors_csv_picks: the authors' picks (benchmarks/paper_spiked_csv.py writes it)")
     parser.add_argument("--rhos", nargs="+", type=float, default=[0.0, 0.9, 0.5, 0.3, 0.7])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--authors-rhos", nargs="+", type=float, default=[0.0, 0.9])
@@ -594,16 +743,19 @@ def main(argv: list[str] | None = None, default_out: str = "benchmarks", prog: s
     parser.add_argument("--workers", type=int, default=1, help="processes for the Hungarian matchings")
     parser.add_argument("--commit", default=None)
     parser.add_argument("--progress", action="store_true")
-    parser.add_argument("--report-only", metavar="JSON")
+    parser.add_argument("--report-only", metavar="JSON", help="rewrite <out>/<JSON's name>.md from a results file")
+    parser.add_argument("--notes", metavar="MD", help="with --report-only: hand-written notes appended to the report")
     parser.add_argument("--paper", metavar="JSON", default=None,
-                        help="the paper's numbers, e.g. benchmarks/paper_spiked.json (records of method, rho, dead_pct)")
+                        help="the paper's numbers: benchmarks/paper_spiked.json (the paper's table) or "
+                             "benchmarks/paper_spiked_csv.json (their CSV, with every run read)")
     args = parser.parse_args(argv)
     out = Path(args.out)
     paper = json.loads(Path(args.paper).read_text()) if args.paper else None
-    paper = paper["records"] if isinstance(paper, dict) else paper  # benchmarks/paper_spiked.json
-    if args.report_only:
+    if args.report_only:  # <out>/<name of the JSON>.md, then the hand-written notes if any
         records, metadata = load_results(args.report_only)
-        atomic_write_text(out / "replication.md", report_markdown(records, metadata, paper))
+        notes = Path(args.notes).read_text() if args.notes else ""
+        text = report_markdown(records, metadata, paper) + ("\n" + notes if notes else "")
+        atomic_write_text(out / (Path(args.report_only).stem + ".md"), text)
         return
     if args.device.startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -642,6 +794,24 @@ def _run_part(part: str, args: argparse.Namespace, size: Size, metadata: dict, t
         metadata["speed"] = speed_benchmark(size, args.device, steps=max(10, int(50_000 * size.step_scale)))
     elif part == "authors":
         records += run_authors(args.authors_rhos, args.seeds, size, args.device, args.workers, args.progress)
+    elif part == "authors_narrow":  # every rho and seed on AUTHORS_GRID_NARROW, the file rewritten after each job
+        relu = (("relu_l1", "elastic_net", "aen", "adaptive_lasso"),)
+        for rhos in ([0.9, 0.0, 0.5], [0.3, 0.7]):
+            t = time.perf_counter()
+            records += run_authors(rhos, args.seeds, size, args.device, args.workers, args.progress,
+                                   AUTHORS_GRID_NARROW, relu)
+            done.append(f"authors_narrow:rho={rhos}")
+            print(f"authors_narrow {rhos}: {time.perf_counter() - t:.1f} s", flush=True)
+            _write(out, records, {**metadata, "parts_done": done}, complete=False)
+        records += run_authors([0.0, 0.3, 0.5, 0.7, 0.9], args.seeds, size, args.device, args.workers,
+                               args.progress, AUTHORS_GRID_NARROW, (("topk",),))
+    elif part == "authors_csv_picks":  # AEN at the authors' own CSV pick, every rho: same point, dead % side by side
+        picks = json.loads(Path(args.csv_picks).read_text())["records"]
+        for rho, grid in sorted(csv_pick_grids(picks).items()):
+            records += run_authors([rho], args.seeds, size, args.device, args.workers, args.progress, grid,
+                                   (tuple(grid),), grid_name="csv_pick")
+            done.append(f"authors_csv_picks:rho={rho}")
+            _write(out, records, {**metadata, "parts_done": done}, complete=False)
     elif part == "authors_rest":
         rest = [r for r in (0.0, 0.3, 0.5, 0.7, 0.9) if r not in args.authors_rhos]
         records += run_authors(rest, args.seeds[:1], size, args.device, args.workers, args.progress)

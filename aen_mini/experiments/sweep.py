@@ -90,21 +90,13 @@ def build_sae(method: str | Method, size: str | SweepSize, l1_coeff: float, step
     return recipes.build_sae(method, size.n, size.d_sae, l1_coeff, steps, size.k, size.batch_size, seed)
 
 
-class _DevicePool(TensorSource):
-    """A TensorSource whose shuffling permutation lives beside the activations: indexing a GPU tensor with a
-    CPU index copies the index synchronously, which would stall the GPU once per training step."""
-
-    def _permutation(self, epoch: int) -> torch.Tensor:
-        return super()._permutation(epoch).to(self.activations.device)
-
-
 def training_source(size: str | SweepSize, rho: float, seed: int, device: str = "cpu") -> tuple[SpikedSource, TensorSource]:
     """The spiked source for (rho, seed) and a shuffled pool of ``size.pool`` of its samples on ``device``."""
     size = _size(size)
     source = SpikedSource(n=size.n, m=size.m, k=size.k, rho=rho, magnitude=size.magnitude, seed=seed)
     chunk = min(size.pool, 8192)
     pool = torch.cat([source.next_batch(chunk) for _ in range(math.ceil(size.pool / chunk))])[:size.pool]
-    return source, _DevicePool(pool.to(device), seed=seed)
+    return source, TensorSource(pool.to(device), seed=seed)
 
 
 def held_out(source: SpikedSource, size: str | SweepSize, device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:

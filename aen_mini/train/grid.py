@@ -10,8 +10,11 @@ uses the same code as everything else. tests/test_grid.py checks that a grid tra
 ``aen_mini.train.loop.train`` does, for every variant family it supports.
 
 Supported: the ReLU family (relu_l1, elastic_net, adaptive_lasso, aen; one grid may mix them) or TopK (one k per
-grid, with or without AuxK). Not supported: BatchTopK (its threshold update syncs with the host), resampling,
-distributed training. Data come from ``SpikedStreams`` (spiked batches drawn on the device, several streams at
+grid, with or without AuxK). Not supported: BatchTopK (its threshold update syncs with the host), distributed
+training, and resampling: it picks each model's dead latents from a batch of its own worst-reconstructed inputs
+and rewrites their weights and Adam moments at chosen steps, a data-dependent, per-model surgery that would have to
+run outside the captured step graph and break the one-replay-per-step design; runs that need it use
+``aen_mini.train.loop.train`` with ``aen_mini.train.resample``. Data come from ``SpikedStreams`` (spiked batches drawn on the device, several streams at
 once, e.g. one per (rho, seed)) or any callable returning (streams, batch, d_in).
 """
 from __future__ import annotations
