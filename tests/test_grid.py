@@ -96,3 +96,13 @@ def test_spiked_streams_are_exactly_k_sparse_on_their_dictionaries():
     assert xc.mean(1).norm() < 0.05 * x[1].mean(0).norm()
     held, _ = streams.held_out(100)
     assert not torch.allclose(held, streams.draw(100)[0])
+
+
+def test_grid_config_is_a_train_config_and_refuses_what_a_grid_does_not_do():
+    cfg = GridConfig(steps=20, lr=1.0, lr_warmup_steps=4, lr_decay_start=0.5)
+    reference = TrainConfig(steps=20, lr=1.0, lr_warmup_steps=4, lr_decay_start=0.5)
+    assert [cfg.lr_at(s) for s in range(20)] == [reference.lr_at(s) for s in range(20)]
+    with pytest.raises(ValueError, match=r"a grid does not implement \['fast', 'resample_every'\]"):
+        GridConfig(steps=5, fast=True, resample_every=2)
+    with pytest.raises(ValueError, match="lr_warmup_steps"):
+        GridConfig(steps=5, lr_warmup_steps=-1)

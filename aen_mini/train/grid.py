@@ -29,7 +29,8 @@ from aen_mini.data.synthetic import spiked_dictionary
 from aen_mini.sae import SAE
 from aen_mini.sae.adaptive import A_FLOOR, W_MIN
 from aen_mini.sae.base import INITS
-from aen_mini.validate import check_choice, check_in_range, check_nonnegative_int, check_positive_int
+from aen_mini.train.config import TrainConfig
+from aen_mini.validate import check_choice, check_nonnegative_int, check_positive_int, option
 
 __all__ = ["SpikedStreams", "GridRun", "GridConfig", "GridTrainer", "train_grid"]
 
@@ -96,32 +97,26 @@ class GridRun:
         check_nonnegative_int("stream", self.stream)
 
 
-@dataclass
-class GridConfig:
-    """The schedule every run of a grid shares (TrainConfig's meaning for each field)."""
+# TrainConfig options a grid does not implement (each run's seed and init live in its GridRun; one fp32 step graph).
+_NOT_IN_A_GRID = {"seed": 0, "precision": "fp32", "compile": None, "fast": False, "init_b_dec": True, "init": "ours",
+                  "l1_warmup_steps": 0, "resample_every": 0, "checkpoint_every": 0, "checkpoint_path": None,
+                  "progress": True}  # train_grid(progress=...) shows the bar
 
-    steps: int
-    batch_size: int = 4096
-    lr: float = 1e-3
-    lr_decay_start: float = 1.0
-    adam_betas: tuple[float, float] = (0.9, 0.999)
-    grad_clip: float | None = 1.0
-    device: str = "cpu"
-    graph: bool = True  # capture the step as a CUDA graph (CUDA only)
-    log_every: int = 0  # steps between logged statistics (trainer.history; 0: none)
+
+@dataclass
+class GridConfig(TrainConfig):
+    """The schedule every run of a grid shares: TrainConfig's fields with their meaning and checks (lr_at included),
+    plus the grid's CUDA graph switch; the TrainConfig options a grid does not implement are refused by name."""
+
+    log_every: int = option(0, "steps between logged statistics (trainer.history; 0: none)")
+    graph: bool = option(True, "capture the step as a CUDA graph (CUDA only)")
 
     def __post_init__(self) -> None:
-        check_positive_int("steps", self.steps)
-        check_positive_int("batch_size", self.batch_size)
-        check_in_range("lr", self.lr, 0.0, 1.0, low_open=True)
-        check_in_range("lr_decay_start", self.lr_decay_start, 0.0, 1.0)
-        check_nonnegative_int("log_every", self.log_every)
-
-    def lr_at(self, step: int) -> float:
-        decay_from = int(self.lr_decay_start * self.steps)
-        if step >= decay_from and decay_from < self.steps:
-            return self.lr * (self.steps - step) / (self.steps - decay_from)
-        return self.lr
+        super().__post_init__()
+        changed = [name for name, default in _NOT_IN_A_GRID.items() if getattr(self, name) != default]
+        if changed:
+            raise ValueError(f"a grid does not implement {changed} (set seed and init per run in GridRun; train "
+                             "the others with aen_mini.train.loop.train)")
 
 
 def _column(runs: list[GridRun], read: Callable[[SAE], float], device: torch.device, dtype=torch.float32) -> torch.Tensor:
