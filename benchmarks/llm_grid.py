@@ -328,7 +328,12 @@ def markdown(result: dict[str, Any]) -> str:
                                       for r in grids.values()),
               f"- end to end per SAE ({meta.get('end_to_end_note', '')}): {meta.get('end_to_end_per_sae_s', float('nan')):.1f} s;"
               f" whole run {meta['wall_s']:.0f} s",
-              "", "## Cut", ""]
+              f"- projected at the paper's {meta['plan']['max_steps'] * meta['batch_size']:,} tokens per SAE (SAE steps only, at "
+              "the step times above; the target is 90 s end to end): " + ", ".join(
+                  f"{LAB} {meta['plan']['max_steps'] * sum(r['step_ms'] for r in rows if r['label'] == LAB) / 1000 / max(1, sum(r['label'] == LAB for r in rows)):.0f} s"
+                  for LAB in dict.fromkeys(r["label"] for r in rows))]
+    lines += [f"- {meta[k]}" for k in ("heldout_note", "code_note", "device_seconds_used") if meta.get(k)]
+    lines += ["", "## Cut", ""]
     lines += [f"- {c}" for c in meta.get("cut", [])] or ["- nothing within the run's budget"]
     return "\n".join(lines) + "\n"
 
