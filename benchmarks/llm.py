@@ -1,4 +1,8 @@
-"""SAEs on SmolLM2-135M-Instruct at matched L0: the GPU runs of record of chapters 5 and 6 (issue 12).
+"""SAEs on SmolLM2-135M-Instruct at matched L0, one SAE at a time with an l1 search (issue 12).
+
+Its 20.48M-token runs chose the l1 that ``benchmarks/llm_grid.py`` reuses; the runs of record of chapters 5 and 6
+(``benchmarks/llm.json`` today) are llm_grid.py's, which trains every SAE of a family at once on one harvest.
+The corpus numbers below are those of that first run (the corpus has since grown: benchmarks/corpus.md).
 
     # on a GPU machine (the GGUF and the pre-tokenised corpus travel with the command; see benchmarks/llm.md):
     python3 benchmarks/llm.py --gguf SmolLM2-135M-Instruct.Q4_1.gguf --tokens-file english_tokens.safetensors \\
