@@ -1,4 +1,8 @@
-"""SAEs on SmolLM2-135M-Instruct at matched L0: the GPU runs of record of chapters 5 and 6 (issue 12).
+"""SAEs on SmolLM2-135M-Instruct at matched L0, one SAE at a time with an l1 search (issue 12).
+
+Its 20.48M-token runs chose the l1 that ``benchmarks/llm_grid.py`` reuses; the runs of record of chapters 5 and 6
+(``benchmarks/llm.json`` today) are llm_grid.py's, which trains every SAE of a family at once on one harvest.
+The corpus numbers below are those of that first run (the corpus has since grown: benchmarks/corpus.md).
 
     # on a GPU machine (the GGUF and the pre-tokenised corpus travel with the command; see benchmarks/llm.md):
     python3 benchmarks/llm.py --gguf SmolLM2-135M-Instruct.Q4_1.gguf --tokens-file english_tokens.safetensors \\
@@ -151,8 +155,13 @@ class Bench:
 
     @torch.no_grad()
     def evaluate(self, run: dict[str, Any]) -> dict[str, Any]:
-        t = time.perf_counter()
         sae = load_sae(run["folder"] / "checkpoint.safetensors", self.args.device)
+        return {**self.evaluate_sae(sae), "steps": run["config"].steps}
+
+    @torch.no_grad()
+    def evaluate_sae(self, sae: Any) -> dict[str, Any]:
+        """Spliced metrics, dead % over the held-out tokens then the whole corpus, by window, and firing density."""
+        t = time.perf_counter()
         spliced = spliced_metrics(self.model, sae, self.splice_tokens, HOOK, self.normalizer,
                                   batch_size=self.args.splice_batch, mean_activation=self.mean_activation)
         n_held = self.held_x.shape[0]
@@ -160,17 +169,17 @@ class Bench:
         first_train = first_fire_index(sae, self.train_x)
         first = torch.where(first_held < n_held, first_held, n_held + first_train)  # held-out tokens first
         n_all = n_held + self.train_x.shape[0]
-        windows = sorted({w for w in (1_000, 10_000, 100_000, n_held, 1_000_000, 2_000_000, n_all) if w <= n_all})
+        windows = sorted({w for w in (1_000, 10_000, 100_000, 1_000_000, 2_000_000, 5_000_000, 10_000_000, n_held, n_all)
+                          if w <= n_all})
         counts = torch.zeros(sae.d_sae, dtype=torch.long)
         for start in range(0, n_held, 65_536):
-            counts += (sae.encode(self.held_x[start:start + 65_536]) > 0).sum(0).cpu()
+            counts += (sae.encode(self.held_x[start:start + 65_536].float()) > 0).sum(0).cpu()
         empty = torch.zeros(sae.d_sae, 0)
         hist = density_histogram(FeatureStats(n_held, counts, empty, empty.long(), empty.long()))
-        cfg = run["config"]
         return {"sae": sae, "counts": counts, "eval_wall_s": time.perf_counter() - t, **spliced,
                 "dead_pct_corpus": dead_pct_by_window(first, [n_all], n_all)[0], "dead_corpus_window_tokens": n_all,
                 "dead_by_window": {"windows": windows, "dead_pct": dead_pct_by_window(first, windows, n_all)},
-                "density_histogram": hist, "steps": cfg.steps}
+                "density_histogram": hist}
 
     @torch.no_grad()
     def top_contexts(self, sae: Any, counts: torch.Tensor, seed: int) -> list[dict[str, Any]]:
