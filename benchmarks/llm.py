@@ -39,9 +39,7 @@ import argparse
 import json
 import math
 import os
-import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -56,7 +54,8 @@ import torch  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from aen_mini import __version__  # noqa: E402
+from aen_mini.experiments import recipes  # noqa: E402
+from aen_mini.experiments.report import provenance  # noqa: E402
 from aen_mini.io.atomic import atomic_write_text  # noqa: E402
 from aen_mini.eval.calibrate import power_law_start, search_l1  # noqa: E402
 from aen_mini.io.checkpoint import load_sae  # noqa: E402
@@ -73,8 +72,8 @@ MODEL = "smollm2-135m"
 HOOK = "blocks.15.hook_resid_post"
 METHODS = ("relu_l1", "topk", "topk_noaux", "aen")
 LABELS = {"relu_l1": "ReLU + L1", "topk": "TopK + AuxK", "topk_noaux": "TopK (no AuxK)", "aen": "AEN"}
-AEN_SETTINGS = {"l2_ratio": 0.1, "gamma": 1.0, "ema_beta": 0.99, "ref_pct": 0.01, "warmup_start_frac": 0.25,
-                "warmup_frac": 0.25}
+AEN_SETTINGS = {"l2_ratio": recipes.L2_RATIO, "gamma": recipes.GAMMA, "ema_beta": recipes.EMA_BETA,  # one recipe
+                "ref_pct": recipes.REF_PCT, "warmup_start_frac": recipes.WARMUP_START_FRAC, "warmup_frac": recipes.WARMUP_FRAC}
 LR_WARMUP_FRAC = 0.16  # the authors' Pythia config: 4000 warm-up steps of 25000
 FEATURE_LATENTS = 8  # random alive latents per SAE whose top contexts are saved
 FEATURE_TOP_K = 6
@@ -310,17 +309,8 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def metadata(args: argparse.Namespace) -> dict[str, Any]:
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, cwd=ROOT).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = args.commit
-    import transformers
-
-    cuda = args.device.startswith("cuda") and torch.cuda.is_available()
-    return {"command": "python3 benchmarks/llm.py " + " ".join(sys.argv[1:]), "aen_mini_version": __version__,
-            "git_commit": commit or args.commit, "torch": torch.__version__, "transformers": transformers.__version__,
-            "python": platform.python_version(), "device": args.device,
-            "device_name": torch.cuda.get_device_name() if cuda else f"CPU ({platform.machine()})",
+    meta = provenance(["python3", "benchmarks/llm.py", *sys.argv[1:]], args.device, packages=("transformers",))
+    return {**meta, "git_commit": meta["git_commit"] or args.commit, "device_name": meta["gpu"] or f"CPU ({meta['cpu']})",
             "latents": args.latents, "tokens_per_sae": args.tokens_per_sae, "batch_size": args.batch_size, "lr": args.lr,
             "targets": args.targets, "methods": args.methods, "seeds": args.seeds, "aen_settings": AEN_SETTINGS,
             "rel_tol": args.rel_tol, "trials": args.trials, "budget_s": args.budget_s,

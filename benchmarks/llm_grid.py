@@ -10,9 +10,9 @@ and the rest is the training split. The model (SmolLM2-135M-Instruct, its Q4_1 G
 matmuls) is run once over both up to ``blocks.15.hook_resid_post``; activations are normalised per token (as the
 book does); the training split stays on the GPU in bf16, the held-out split in float32.
 
-Training: ``aen_mini.grid`` trains every SAE of one family at once as one batched model (one CUDA graph per step):
+Training: ``aen_mini.train.grid`` trains every SAE of one family at once as one batched model (one CUDA graph per step):
 ReLU+L1 and AEN at both targets and all seeds in one grid, TopK +/- AuxK per k in another; each seed draws its own
-random batches from the harvest (``aen_mini.grid_tensor.TensorStreams``), so an SAE of ``tokens_trained`` tokens
+random batches from the harvest (``aen_mini.train.grid_tensor.TensorStreams``), so an SAE of ``tokens_trained`` tokens
 makes ``tokens_trained / distinct_tokens`` passes over it. The protocol is ``benchmarks/llm.py``'s: batch 8192, lr
 1e-3 (the authors' Pythia config), lr warm-up over the first 16 % of steps, linear decay over the last 20 %,
 b_dec at the first batch's mean, encoder tied to the decoder at init, gradient clipping at 1, AEN's settings as
@@ -43,13 +43,13 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import llm  # noqa: E402  (benchmarks/llm.py: the shared harvest, evaluation, method settings)
 
-from aen_mini.atomic import atomic_write_text  # noqa: E402
+from aen_mini.io.atomic import atomic_write_text  # noqa: E402
 from aen_mini.data.activations import ActivationNormalizer, harvest  # noqa: E402
 from aen_mini.data.text import stream_contexts  # noqa: E402
-from aen_mini.grid import GridRun, GridTrainer  # noqa: E402
-from aen_mini.grid_tensor import ScheduledGridConfig, TensorStreams, passes  # noqa: E402
-from aen_mini.metrics import evaluate_in_batches  # noqa: E402
-from aen_mini.planning import parse_count  # noqa: E402
+from aen_mini.train.grid import GridRun, GridTrainer  # noqa: E402
+from aen_mini.train.grid_tensor import ScheduledGridConfig, TensorStreams, passes  # noqa: E402
+from aen_mini.eval.metrics import evaluate_in_batches  # noqa: E402
+from aen_mini.run.planning import parse_count  # noqa: E402
 from aen_mini.sae import make_sae  # noqa: E402
 
 RELU_FAMILY = ("relu_l1", "aen")
@@ -69,7 +69,7 @@ class Harvest(llm.Bench):
     def __init__(self, args: argparse.Namespace) -> None:
         from safetensors.torch import load_file
 
-        from aen_mini.models import load_model
+        from aen_mini.lm.models import load_model
 
         self.args, self.t0 = args, time.perf_counter()
         if args.gguf:
@@ -207,7 +207,7 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
                 harvest_s=bench.harvest_s, harvest_tokens=bench.distinct_train, corpus_tokens=bench.corpus_tokens,
                 harvest_tokens_per_s=bench.distinct_train / bench.harvest_s, heldout_tokens=int(bench.held_x.shape[0]),
                 splice_contexts=len(bench.splice_tokens), splice_positions=None, ctx_len=args.ctx_len,
-                matmul_precision="TF32 (fp32 storage)", trainer="aen_mini.grid (one batched model per family, CUDA graph)",
+                matmul_precision="TF32 (fp32 storage)", trainer="aen_mini.train.grid (one batched model per family, CUDA graph)",
                 corpus="offline English corpus (benchmarks/corpus.md): KJV Bible, Shakespeare + Milton, Python, Linux, "
                        "Perl and PostgreSQL documentation, the Debian Administrator's Handbook")
     l1 = l1_table(Path(args.l1_from))

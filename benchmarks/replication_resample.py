@@ -4,9 +4,9 @@
 
 writes benchmarks/replication_resample.json (every record, with device, versions, commit and command) and
 benchmarks/replication_resample.md. ``--size tiny`` runs the whole pipeline in seconds. The logic lives in
-aen_mini/resample_study.py.
+aen_mini/experiments/resample_study.py.
 """
-from aen_mini.resample_study import main
+from aen_mini.experiments.resample_study import main
 
 if __name__ == "__main__":
     main(prog="benchmarks/replication_resample.py")

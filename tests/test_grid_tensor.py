@@ -1,4 +1,4 @@
-"""Grid training on stored activations (aen_mini/grid_tensor.py) and the pieces of benchmarks/llm_grid.py that
+"""Grid training on stored activations (aen_mini/train/grid_tensor.py) and the pieces of benchmarks/llm_grid.py that
 plan the held-out window and the runs, at tiny sizes on CPU."""
 import sys
 from pathlib import Path
@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from aen_mini.grid import GridRun, train_grid
-from aen_mini.grid_tensor import ScheduledGridConfig, TensorStreams, passes
+from aen_mini.train.grid import GridRun, train_grid
+from aen_mini.train.grid_tensor import ScheduledGridConfig, TensorStreams, passes
 from aen_mini.sae import make_sae
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))

@@ -51,7 +51,7 @@ def test_grid_benchmark_trains_families_at_once_and_records_passes_and_the_windo
     """benchmarks/llm_grid.py: one harvest, ReLU-family and TopK grids, the planned budget, every record field."""
     from safetensors.torch import save_file
 
-    from aen_mini import smollm2
+    from aen_mini.lm import smollm2
 
     try:
         tokenizer = smollm2.load_tokenizer()

@@ -6,9 +6,10 @@ from dataclasses import replace
 import pytest
 import torch
 
-import aen_mini.replication as R
-import aen_mini.resample_study as RS
-from aen_mini.grid import SpikedStreams
+import aen_mini.experiments.replication as R
+import aen_mini.experiments.replication_grids as RG
+import aen_mini.experiments.resample_study as RS
+from aen_mini.train.grid import SpikedStreams
 
 TINY = replace(R.SIZES["tiny"], dead_window=2048, eval_samples=512)
 REQUIRED = ("protocol", "method", "rho", "seed", "init", "resample", "resample_every", "steps", "batch_size",
@@ -31,7 +32,7 @@ def test_scoring_one_by_one_trained_saes_matches_their_own_encoder():
     x, _ = streams.held_out(TINY.eval_samples, seed=1)
     with torch.no_grad():
         own = (sae.encode(x[0]) > 0).float().sum(-1).mean().item()
-    assert R._held_out_l0(RS._stacked([sae], [0]), streams, TINY)[0] == pytest.approx(own)
+    assert RG._held_out_l0(RS._stacked([sae], [0]), streams, TINY)[0] == pytest.approx(own)
 
 
 def test_records_and_resampling_revives_starved_latents():

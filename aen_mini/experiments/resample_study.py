@@ -1,9 +1,9 @@
 """Issue 11, section 2: dead-latent resampling, the one option of the controlled study that had not been run.
 
-The batched grid trainer (``aen_mini.grid``) has no resampling, so here every SAE trains alone through
-``aen_mini.train`` and its ``resample_every`` option (``aen_mini.resample``: Bricken et al.'s re-initialisation of
+The batched grid trainer (``aen_mini.train.grid``) has no resampling, so here every SAE trains alone through
+``aen_mini.train`` and its ``resample_every`` option (``aen_mini.train.resample``: Bricken et al.'s re-initialisation of
 dead latents toward badly reconstructed inputs). Both arms, with and without resampling, go through that one
-trainer, so the comparison is like for like. Everything else is the controlled study's (``aen_mini.replication``):
+trainer, so the comparison is like for like. Everything else is the controlled study's (``aen_mini.experiments.replication``):
 the sizes, our protocol, the calibration of every L1-family method to L0 = 16 on seed 0 (log-log interpolation
 over the same grid of l1 values, the achieved L0 and convergence recorded per seed), the held-out dead window, EV
 and support F1.
@@ -25,14 +25,16 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from aen_mini.atomic import atomic_write_text
+from aen_mini.io.atomic import atomic_write_text
 from aen_mini.data.synthetic import SpikedSource
-from aen_mini.grid import SpikedStreams
-from aen_mini.replication import (CALIBRATION_POINTS, L1_GUESS, PROTOCOLS, REL_TOL, SIZES, TARGET_L0, Cell,
-                                  Protocol, Size, _cell_hyper, _fmt, _held_out_l0, _interpolate, _metadata, _sae,
-                                  _score, dumps, summarise)
+from aen_mini.train.grid import SpikedStreams
+from aen_mini.experiments.replication import (CALIBRATION_POINTS, L1_GUESS, PROTOCOLS, REL_TOL, SIZES, TARGET_L0, Cell,
+                                              Protocol, Size, dumps, summarise)
+from aen_mini.experiments.replication_grids import _cell_hyper, _held_out_l0, _interpolate, _sae, _score
+from aen_mini.experiments.replication_report import _fmt
+from aen_mini.experiments.replication_run import _metadata
 from aen_mini.sae import SAE
-from aen_mini.train import TrainConfig, train
+from aen_mini.train.loop import TrainConfig, train
 
 __all__ = ["ResampleCell", "RESAMPLE_CELLS", "ours_protocol", "default_resample_every", "run_resample_study",
            "report_markdown", "main"]
@@ -57,7 +59,7 @@ RESAMPLE_CELLS = [ResampleCell(Cell(variant, variant, init), resample) for init 
 
 
 def ours_protocol(size: Size) -> Protocol:
-    """Our protocol at ``size``, as ``replication.run_controlled`` derives it (batch and steps of the size)."""
+    """Our protocol at ``size``, as ``replication_grids.run_controlled`` derives it (batch and steps of the size)."""
     protocol = PROTOCOLS["ours"]
     if size.ours_batch:
         protocol = replace(protocol, batch_size=size.ours_batch)
@@ -86,7 +88,7 @@ def _train_one(rc: ResampleCell, rho: float, seed: int, l1: float, size: Size, p
 
 
 def _stacked(saes: list[SAE], streams: list[int]) -> Any:
-    """What ``replication._score`` and ``_held_out_l0`` read from a GridTrainer, for SAEs trained one by one."""
+    """What ``replication_grids._score`` and ``_held_out_l0`` read from a GridTrainer, for SAEs trained one by one."""
     variants = {s.variant for s in saes}
     if len(variants) != 1:
         raise ValueError(f"score one variant at a time, got {sorted(variants)}")
@@ -153,7 +155,7 @@ def report_markdown(records: list[dict], metadata: dict) -> str:
              f"Command: `{metadata['command']}`", "",
              "Our protocol at CPU scale (as `benchmarks/replication.md`'s controlled study: n, m, k, batch, steps, "
              "the calibration to L0 = 16 on seed 0 and the held-out dead window), every SAE trained by "
-             "`aen_mini.train`, with and without dead-latent resampling (`aen_mini.resample`, every "
+             "`aen_mini.train`, with and without dead-latent resampling (`aen_mini.train.resample`, every "
              f"{metadata.get('resample_every')} steps). TopK without AuxK; no warm-up. Dead % = latents that never "
              f"fire on {SIZES[metadata['size']].dead_window:,} held-out samples. Mean ± std over seeds; **!** marks "
              "a cell where some seed's L0 is more than 10 % from the target.", "",
