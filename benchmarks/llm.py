@@ -1,4 +1,8 @@
-"""SAEs on SmolLM2-135M-Instruct at matched L0: the GPU runs of record of chapters 5 and 6 (issue 12).
+"""SAEs on SmolLM2-135M-Instruct at matched L0, one SAE at a time with an l1 search (issue 12).
+
+Its 20.48M-token runs chose the l1 that ``benchmarks/llm_grid.py`` reuses; the runs of record of chapters 5 and 6
+(``benchmarks/llm.json`` today) are llm_grid.py's, which trains every SAE of a family at once on one harvest.
+The corpus numbers below are those of that first run (the corpus has since grown: benchmarks/corpus.md).
 
     # on a GPU machine (the GGUF and the pre-tokenised corpus travel with the command; see benchmarks/llm.md):
     python3 benchmarks/llm.py --gguf SmolLM2-135M-Instruct.Q4_1.gguf --tokens-file english_tokens.safetensors \\
@@ -35,9 +39,7 @@ import argparse
 import json
 import math
 import os
-import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -52,7 +54,8 @@ import torch  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from aen_mini import __version__  # noqa: E402
+from aen_mini.experiments import recipes  # noqa: E402
+from aen_mini.experiments.report import provenance  # noqa: E402
 from aen_mini.io.atomic import atomic_write_text  # noqa: E402
 from aen_mini.eval.calibrate import power_law_start, search_l1  # noqa: E402
 from aen_mini.io.checkpoint import load_sae  # noqa: E402
@@ -69,8 +72,8 @@ MODEL = "smollm2-135m"
 HOOK = "blocks.15.hook_resid_post"
 METHODS = ("relu_l1", "topk", "topk_noaux", "aen")
 LABELS = {"relu_l1": "ReLU + L1", "topk": "TopK + AuxK", "topk_noaux": "TopK (no AuxK)", "aen": "AEN"}
-AEN_SETTINGS = {"l2_ratio": 0.1, "gamma": 1.0, "ema_beta": 0.99, "ref_pct": 0.01, "warmup_start_frac": 0.25,
-                "warmup_frac": 0.25}
+AEN_SETTINGS = {"l2_ratio": recipes.L2_RATIO, "gamma": recipes.GAMMA, "ema_beta": recipes.EMA_BETA,  # one recipe
+                "ref_pct": recipes.REF_PCT, "warmup_start_frac": recipes.WARMUP_START_FRAC, "warmup_frac": recipes.WARMUP_FRAC}
 LR_WARMUP_FRAC = 0.16  # the authors' Pythia config: 4000 warm-up steps of 25000
 FEATURE_LATENTS = 8  # random alive latents per SAE whose top contexts are saved
 FEATURE_TOP_K = 6
@@ -151,8 +154,13 @@ class Bench:
 
     @torch.no_grad()
     def evaluate(self, run: dict[str, Any]) -> dict[str, Any]:
-        t = time.perf_counter()
         sae = load_sae(run["folder"] / "checkpoint.safetensors", self.args.device)
+        return {**self.evaluate_sae(sae), "steps": run["config"].steps}
+
+    @torch.no_grad()
+    def evaluate_sae(self, sae: Any) -> dict[str, Any]:
+        """Spliced metrics, dead % over the held-out tokens then the whole corpus, by window, and firing density."""
+        t = time.perf_counter()
         spliced = spliced_metrics(self.model, sae, self.splice_tokens, HOOK, self.normalizer,
                                   batch_size=self.args.splice_batch, mean_activation=self.mean_activation)
         n_held = self.held_x.shape[0]
@@ -160,17 +168,17 @@ class Bench:
         first_train = first_fire_index(sae, self.train_x)
         first = torch.where(first_held < n_held, first_held, n_held + first_train)  # held-out tokens first
         n_all = n_held + self.train_x.shape[0]
-        windows = sorted({w for w in (1_000, 10_000, 100_000, n_held, 1_000_000, 2_000_000, n_all) if w <= n_all})
+        windows = sorted({w for w in (1_000, 10_000, 100_000, 1_000_000, 2_000_000, 5_000_000, 10_000_000, n_held, n_all)
+                          if w <= n_all})
         counts = torch.zeros(sae.d_sae, dtype=torch.long)
         for start in range(0, n_held, 65_536):
-            counts += (sae.encode(self.held_x[start:start + 65_536]) > 0).sum(0).cpu()
+            counts += (sae.encode(self.held_x[start:start + 65_536].float()) > 0).sum(0).cpu()
         empty = torch.zeros(sae.d_sae, 0)
         hist = density_histogram(FeatureStats(n_held, counts, empty, empty.long(), empty.long()))
-        cfg = run["config"]
         return {"sae": sae, "counts": counts, "eval_wall_s": time.perf_counter() - t, **spliced,
                 "dead_pct_corpus": dead_pct_by_window(first, [n_all], n_all)[0], "dead_corpus_window_tokens": n_all,
                 "dead_by_window": {"windows": windows, "dead_pct": dead_pct_by_window(first, windows, n_all)},
-                "density_histogram": hist, "steps": cfg.steps}
+                "density_histogram": hist}
 
     @torch.no_grad()
     def top_contexts(self, sae: Any, counts: torch.Tensor, seed: int) -> list[dict[str, Any]]:
@@ -301,17 +309,8 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def metadata(args: argparse.Namespace) -> dict[str, Any]:
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, cwd=ROOT).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = args.commit
-    import transformers
-
-    cuda = args.device.startswith("cuda") and torch.cuda.is_available()
-    return {"command": "python3 benchmarks/llm.py " + " ".join(sys.argv[1:]), "aen_mini_version": __version__,
-            "git_commit": commit or args.commit, "torch": torch.__version__, "transformers": transformers.__version__,
-            "python": platform.python_version(), "device": args.device,
-            "device_name": torch.cuda.get_device_name() if cuda else f"CPU ({platform.machine()})",
+    meta = provenance(["python3", "benchmarks/llm.py", *sys.argv[1:]], args.device, packages=("transformers",))
+    return {**meta, "git_commit": meta["git_commit"] or args.commit, "device_name": meta["gpu"] or f"CPU ({meta['cpu']})",
             "latents": args.latents, "tokens_per_sae": args.tokens_per_sae, "batch_size": args.batch_size, "lr": args.lr,
             "targets": args.targets, "methods": args.methods, "seeds": args.seeds, "aen_settings": AEN_SETTINGS,
             "rel_tol": args.rel_tol, "trials": args.trials, "budget_s": args.budget_s,

@@ -65,3 +65,27 @@ def test_real_kjv_has_every_chapter():
     assert len(chapters) == 1189
     assert chapters[0].startswith("In the beginning God created the heaven and the earth.")
     assert chapters[-1].endswith("The grace of our Lord Jesus Christ be with you all. Amen.")
+
+
+def test_html_text_keeps_paragraphs_and_drops_navigation_and_scripts():
+    html = ('<html><head><title>t</title></head><body><div class="navheader"><div>Prev</div> Next</div>'
+            '<h1>Title</h1><p>Hello <b>world</b>,\n  again</p><script>x = 1</script><nav>menu</nav><p>Two</p></body></html>')
+    assert english.html_text(html) == "Title\n\nHello world,\n again\n\nTwo"  # runs of spaces collapsed, line breaks kept
+
+
+@pytest.mark.parametrize(("read", "package"), [(english.linux_docs, "linux-doc"), (english.perl_docs, "perl-doc"),
+                                               (english.postgresql_docs, "postgresql-doc"),
+                                               (english.debian_handbook, "debian-handbook")])
+def test_missing_documentation_package_is_named(monkeypatch, read, package):
+    monkeypatch.setattr(english.Path, "glob", lambda self, pattern: iter(()))
+    monkeypatch.setattr(english.shutil, "which", lambda name: None)  # apt-get cannot run
+    with pytest.raises(RuntimeError, match=rf"{package} \(Debian\).*apt-get install -y {package}"):
+        read()
+
+
+def test_real_linux_docs_leave_the_translations_out():
+    if not list(english.Path("/usr/share/doc").glob("linux-doc-*/html/_sources")):
+        pytest.skip("the Debian package linux-doc is not installed (apt-get install -y linux-doc)")
+    docs = english.linux_docs()
+    assert len(docs) > 1000
+    assert not any("\u5185\u6838" in d for d in docs[:200])  # "kernel" in Chinese: zh_CN translations are out

@@ -32,8 +32,6 @@ MAX_LINES = 400
 # Files still over MAX_LINES, each with the helper that splits it; an entry that no longer applies fails the test,
 # so the list only shrinks.
 OVER_LIMIT_FOR_NOW = {
-    "aen_mini/experiments/replication.py": "layout, after the replication helper's merge",
-    "benchmarks/synthsaebench.py": "layout, after the replication helper's merge",
 }
 MODULES = sorted(p for p in PACKAGE.rglob("*.py") if p.name != "__init__.py" or p.parent != PACKAGE)
 

@@ -6,6 +6,8 @@ from dataclasses import replace
 import pytest
 
 import aen_mini.experiments.replication as R
+import aen_mini.experiments.replication_grids as RG
+import aen_mini.experiments.replication_report as RP
 
 REQUIRED = ("protocol", "method", "rho", "seed", "init", "l1_warmup", "aux", "steps", "batch_size", "target_l0", "l0",
             "calibration_converged", "dead_pct", "dead_window_samples", "ev", "support_f1", "firing_density")
@@ -15,14 +17,14 @@ TINY = replace(R.SIZES["tiny"], step_scale=0.002, dead_window=2048, eval_samples
 def test_interpolation_is_log_linear_between_the_bracketing_trials():
     trials = [{"l1_coeff": 1.0, "l0": 32.0}, {"l1_coeff": 4.0, "l0": 8.0}, {"l1_coeff": 16.0, "l0": 1.0}]
     # log L0 falls by log 4 per log 4 of l1 between 1 and 4: L0 = 16 at l1 = 2
-    assert R._interpolate(trials, 16.0) == pytest.approx(2.0)
+    assert RG._interpolate(trials, 16.0) == pytest.approx(2.0)
     # no bracket: the closest trial
-    assert R._interpolate([{"l1_coeff": 1.0, "l0": 40.0}, {"l1_coeff": 2.0, "l0": 30.0}], 16.0) == 2.0
+    assert RG._interpolate([{"l1_coeff": 1.0, "l0": 40.0}, {"l1_coeff": 2.0, "l0": 30.0}], 16.0) == 2.0
 
 
 def test_controlled_records_have_every_field_and_flag_misses():
     cells = [R.Cell("relu_l1", "relu_l1"), R.Cell("topk", "topk", init="authors")]
-    records = R.run_controlled(cells, [0.5], [0], replace(TINY, ours_batch=64, ours_steps=20), "cpu")
+    records = RG.run_controlled(cells, [0.5], [0], replace(TINY, ours_batch=64, ours_steps=20), "cpu")
     assert {r["method"] for r in records} == {"relu_l1", "topk"}
     for r in records:
         assert all(key in r for key in REQUIRED)
@@ -33,7 +35,7 @@ def test_controlled_records_have_every_field_and_flag_misses():
     relu = next(r for r in records if r["method"] == "relu_l1")
     assert len(relu["calibration_trials"]) == R.CALIBRATION_POINTS
     assert relu["l1_coeff_authors_scale"] == pytest.approx(relu["l1_coeff"] / TINY.n)
-    text = R.report_markdown(records, {"size": "tiny", "complete": True})
+    text = RP.report_markdown(records, {"size": "tiny", "complete": True})
     row = next(line for line in text.splitlines() if line.startswith("| relu_l1 |"))
     assert (" !" in row) == (not relu["calibration_converged"])
 
@@ -41,7 +43,7 @@ def test_controlled_records_have_every_field_and_flag_misses():
 def test_authors_selection_is_the_grid_point_closest_to_the_target(monkeypatch):
     monkeypatch.setattr(R, "AUTHORS_GRID", {"relu_l1": [{"l1_coeff": 0.05}, {"l1_coeff": 0.0005}], "elastic_net": [],
                                             "aen": [], "topk": [{"k": 16}]})
-    records = R.run_authors([0.9], [0], TINY, "cpu")
+    records = RG.run_authors([0.9], [0], TINY, "cpu")
     relu = next(r for r in records if r["method"] == "relu_l1")
     assert all(key in relu for key in REQUIRED) and relu["init"] == "authors" and relu["loss_scale"] == "mean"
     best = min(relu["grid"], key=lambda g: abs(g["l0"] - relu["target_l0"]))
@@ -90,7 +92,7 @@ def test_the_authors_grid_is_their_sweep_file():
 def test_authors_run_on_a_given_grid_records_the_grid_and_the_authors_dead_count():
     grid = {"relu_l1": [{"l1_coeff": 0.005}], "aen": [{"l1_coeff": 0.001, "l2_coeff": 0.005, "gamma": 0.5}],
             "adaptive_lasso": [{"l1_coeff": 0.001, "ema_beta": 0.9999, "ref_pct": 0.05}]}
-    records = R.run_authors([0.0], [0], TINY, "cpu", grid=grid, families=(("relu_l1", "aen", "adaptive_lasso"),))
+    records = RG.run_authors([0.0], [0], TINY, "cpu", grid=grid, families=(("relu_l1", "aen", "adaptive_lasso"),))
     assert sorted(r["method"] for r in records) == ["adaptive_lasso", "aen", "relu_l1"]
     aen = next(r for r in records if r["method"] == "aen")
     assert aen["gamma"] == 0.5 and aen["grid_name"] == "full"  # a custom grid is not the narrowed one
@@ -99,7 +101,7 @@ def test_authors_run_on_a_given_grid_records_the_grid_and_the_authors_dead_count
         assert r["history"][-1]["step"] == r["steps"]
         assert R.training_window_dead(r) == r["history"][-1]["dead_pct"]
     assert R.training_window_dead({**records[0], "history": records[0]["history"][:-1]}) is None
-    text = R.report_markdown(records, {"size": "tiny", "complete": True})
+    text = RP.report_markdown(records, {"size": "tiny", "complete": True})
     assert "dead % (last 10k steps)" in text and "| adaptive_lasso |" in text
 
 
@@ -110,7 +112,7 @@ def test_authors_protocol_gradient_is_their_formula():
 
     from aen_mini.train.grid import GridConfig, GridRun, GridTrainer, SpikedStreams
 
-    sae = R._sae("relu_l1", TINY, R.PROTOCOLS["authors"], 0, {"l1_coeff": 0.01})
+    sae = RG._sae("relu_l1", TINY, R.PROTOCOLS["authors"], 0, {"l1_coeff": 0.01})
     streams = SpikedStreams(TINY.n, TINY.m, TINY.k, [(0.5, 0)], seed=0)
     trainer = GridTrainer([GridRun(sae, init="authors")], streams, GridConfig(steps=1, batch_size=64, grad_clip=None))
     trainer._draw()
@@ -167,7 +169,7 @@ def test_report_puts_a_shared_grid_point_side_by_side():
     paper = {"source": "their CSV", "records": [{"method": "relu_l1", "rho": 0.9, "point": "l1 = 0.005", "l0": 1.54,
                                                  "dead_pct": 90.5, "ev": 0.382, "points_read": 4, "grid_points": 4}],
              "points": [{"method": "relu_l1", "rho": 0.9, "l1_coeff": 0.005, "point": "l1 = 0.005", "l0": 1.54}]}
-    text = R.report_markdown([record], {"size": "full", "complete": True}, paper)
+    text = RP.report_markdown([record], {"size": "full", "complete": True}, paper)
     assert "| relu_l1 | 0.9 | l1 = 0.005 | 1.60 (1 seeds) | 1.54 |" in text
     assert "The paper's side: their CSV" in text and "l1 = 0.05" not in text  # ours only: no row
 
@@ -179,6 +181,6 @@ def test_their_aen_pick_is_trained_alone_and_scored_with_its_coefficients():
     grids = R.csv_pick_grids(picks["records"])
     assert sorted(grids) == [0.0, 0.3, 0.5, 0.7, 0.9] and all(list(g) == ["aen"] for g in grids.values())
     assert grids[0.9]["aen"] == [{"l1_coeff": 0.001, "l2_coeff": 0.0001, "gamma": 0.5, "ema_beta": 0.9999, "ref_pct": 0.05}]
-    (record,) = R.run_authors([0.9], [0], TINY, "cpu", grid=grids[0.9], families=(("aen",),), grid_name="csv_pick")
+    (record,) = RG.run_authors([0.9], [0], TINY, "cpu", grid=grids[0.9], families=(("aen",),), grid_name="csv_pick")
     assert record["grid_name"] == "csv_pick" and record["gamma"] == 0.5 and record["ema_beta"] == 0.9999
     assert record["l2_coeff"] == pytest.approx(0.0001 * 256 / TINY.n) and len(record["grid"]) == 1

