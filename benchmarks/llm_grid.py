@@ -46,8 +46,8 @@ import llm  # noqa: E402  (benchmarks/llm.py: the shared harvest, evaluation, me
 from aen_mini.io.atomic import atomic_write_text  # noqa: E402
 from aen_mini.data.activations import ActivationNormalizer, harvest  # noqa: E402
 from aen_mini.data.text import stream_contexts  # noqa: E402
-from aen_mini.train.grid import GridRun, GridTrainer  # noqa: E402
-from aen_mini.train.grid_tensor import ScheduledGridConfig, TensorStreams, passes  # noqa: E402
+from aen_mini.train.grid import GridConfig, GridRun, GridTrainer  # noqa: E402
+from aen_mini.train.grid_tensor import TensorStreams, passes  # noqa: E402
 from aen_mini.eval.metrics import evaluate_in_batches  # noqa: E402
 from aen_mini.run.planning import parse_count  # noqa: E402
 from aen_mini.sae import make_sae  # noqa: E402
@@ -130,8 +130,8 @@ def build_runs(family: tuple[str, ...], methods: list[str], targets: list[int], 
     return out
 
 
-def grid_config(args: argparse.Namespace, steps: int) -> ScheduledGridConfig:
-    return ScheduledGridConfig(steps=steps, batch_size=args.batch_size, lr=args.lr, lr_decay_start=0.8,
+def grid_config(args: argparse.Namespace, steps: int) -> GridConfig:
+    return GridConfig(steps=steps, batch_size=args.batch_size, lr=args.lr, lr_decay_start=0.8,
                                lr_warmup_steps=int(llm.LR_WARMUP_FRAC * steps), device=args.device)
 
 

@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from aen_mini.train.grid import GridRun, train_grid
-from aen_mini.train.grid_tensor import ScheduledGridConfig, TensorStreams, passes
+from aen_mini.train.grid import GridConfig, GridRun, train_grid
+from aen_mini.train.grid_tensor import TensorStreams, passes
 from aen_mini.sae import make_sae
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -26,12 +26,12 @@ def test_tensor_streams_draw_rows_of_the_harvest_per_stream():
 
 
 def test_scheduled_config_warms_up_then_decays():
-    cfg = ScheduledGridConfig(steps=100, lr=1.0, lr_warmup_steps=10, lr_decay_start=0.8)
+    cfg = GridConfig(steps=100, lr=1.0, lr_warmup_steps=10, lr_decay_start=0.8)
     assert cfg.lr_at(0) == pytest.approx(0.1)
     assert cfg.lr_at(9) == pytest.approx(1.0) and cfg.lr_at(50) == pytest.approx(1.0)
     assert cfg.lr_at(90) == pytest.approx(0.5)
     with pytest.raises(ValueError, match="lr_warmup_steps"):
-        ScheduledGridConfig(steps=10, lr_warmup_steps=-1)
+        GridConfig(steps=10, lr_warmup_steps=-1)
 
 
 def test_a_grid_trains_many_passes_over_a_small_harvest():
@@ -42,7 +42,7 @@ def test_a_grid_trains_many_passes_over_a_small_harvest():
     x = codes @ atoms
     runs = [GridRun(make_sae("relu_l1", d, m, l1_coeff=0.05, seed=0), stream=0),
             GridRun(make_sae("aen", d, m, l1_coeff=0.05, l2_coeff=0.005, seed=1, warmup_start=10, warmup_steps=10), stream=1)]
-    cfg = ScheduledGridConfig(steps=60, batch_size=32, lr=1e-2, lr_warmup_steps=6)
+    cfg = GridConfig(steps=60, batch_size=32, lr=1e-2, lr_warmup_steps=6)
     saes, trainer = train_grid(runs, TensorStreams(x, streams=2, seed=0), cfg)
     assert passes(cfg.steps, cfg.batch_size, n) == pytest.approx(30.0)
     for sae in saes:

@@ -1,25 +1,22 @@
 """Grid training on stored activations: many SAEs learn from one harvest at once, over many passes.
 
-``aen_mini.grid`` trains a grid of SAEs as one batched model on data drawn on the device. This module feeds it a
+``aen_mini.train.grid`` trains a grid of SAEs as one batched model on data drawn on the device. This module feeds it a
 harvest instead of synthetic draws: ``TensorStreams`` holds the activations once (e.g. bf16 on the GPU) and returns,
 per step, a random batch of rows for each of its streams (one stream per seed, so seeds differ in data order as well
 as in init). Rows are drawn with replacement, so a run of ``steps x batch_size`` tokens makes
 ``steps x batch_size / len(x)`` passes over the harvest on average (``passes``). The draw is a ``torch.randint``
 plus an index, so it is captured inside the grid's CUDA graph.
 
-``ScheduledGridConfig`` adds TrainConfig's linear learning-rate warm-up (the authors' Pythia config warms up over
-the first 16 % of steps) to ``GridConfig``'s schedule.
+``GridConfig`` (TrainConfig's fields) gives the grid TrainConfig's linear learning-rate warm-up
+(``lr_warmup_steps``; the authors' Pythia config warms up over the first 16 % of steps).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
-from aen_mini.grid import GridConfig
-from aen_mini.validate import check_nonnegative_int, check_positive_int
+from aen_mini.validate import check_positive_int
 
-__all__ = ["TensorStreams", "ScheduledGridConfig", "passes"]
+__all__ = ["TensorStreams", "passes"]
 
 
 class TensorStreams:
@@ -39,21 +36,6 @@ class TensorStreams:
     def __call__(self, batch_size: int) -> torch.Tensor:
         rows = torch.randint(0, self.x.shape[0], (self.streams, batch_size), device=self.device, generator=self.generator)
         return self.x[rows].float()
-
-
-@dataclass
-class ScheduledGridConfig(GridConfig):
-    """GridConfig with TrainConfig's linear lr warm-up over the first ``lr_warmup_steps`` steps."""
-
-    lr_warmup_steps: int = 0
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_nonnegative_int("lr_warmup_steps", self.lr_warmup_steps)
-
-    def lr_at(self, step: int) -> float:
-        scale = min(1.0, (step + 1) / self.lr_warmup_steps) if self.lr_warmup_steps else 1.0
-        return super().lr_at(step) * scale
 
 
 def passes(steps: int, batch_size: int, distinct_tokens: int) -> float:
