@@ -122,8 +122,6 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
     return {"metadata": meta, "rows": rows}
 
 
-
-
 def main(argv: list[str] | None = None, description: str | None = None) -> None:
     """``benchmarks/llm.py``: run, write llm.json, llm_features.json and llm.md under --out (or only --markdown's .md)."""
     args = parse_args(argv, description or __doc__.splitlines()[0], grid=False)

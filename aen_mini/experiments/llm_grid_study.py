@@ -47,7 +47,7 @@ EVAL_S_PER_SAE = 6.0  # planning allowance for one SAE's evaluation (spliced CE,
 
 
 def l1_table(path: Path) -> dict[tuple[str, int], float]:
-    """The l1 that search_l1 chose at seed 0 for each (method, target) in an earlier json."""
+    """The l1 that search_l1 chose at seed 0 for each (method, target) in an earlier llm.json."""
     rows = json.loads(path.read_text())["rows"]
     return {(r["method"], r["target_l0"]): r["l1"] for r in rows if r["seed"] == min(x["seed"] for x in rows) and r["l1"]}
 
@@ -175,7 +175,7 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
         meta["wall_s"] = bench.elapsed()
         meta["cut"] = cut
         meta["tokens_per_sae"] = steps * args.batch_size
-        atomic_write_text(out_dir / "json", json.dumps({"metadata": meta, "rows": rows}, indent=1))
+        atomic_write_text(out_dir / "llm.json", json.dumps({"metadata": meta, "rows": rows}, indent=1))
         atomic_write_text(out_dir / "llm_features.json", json.dumps(features))
         if rows32:
             atomic_write_text(out_dir / "llm_32x.json", json.dumps({"metadata": {**meta, "latents": args.latents32,
@@ -227,7 +227,6 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
     meta["end_to_end_note"] = "whole run (model load, harvest, probes, training, evaluation) / SAEs trained"
     write()
     return {"metadata": meta, "rows": rows}
-
 
 
 def main(argv: list[str] | None = None, description: str | None = None) -> None:

@@ -18,7 +18,6 @@ from aen_mini.io.atomic import atomic_write_text
 __all__ = ["markdown", "write_markdown"]
 
 
-
 def _f(value: Any, spec: str = ".3f") -> str:
     return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
 

@@ -79,7 +79,6 @@ def method_settings(method: str, l1: float | None, target: int, steps: int) -> d
             "warmup_steps": int(AEN_SETTINGS["warmup_frac"] * steps)}
 
 
-
 def sync() -> None:
     if torch.cuda.is_available():
         torch.cuda.synchronize()
@@ -252,8 +251,6 @@ def metadata(args: argparse.Namespace, script: str = "benchmarks/llm.py") -> dic
             "rel_tol": args.rel_tol, "trials": args.trials, "budget_s": args.budget_s,
             "torch_compile_disabled": os.environ.get("TORCH_COMPILE_DISABLE") == "1",
             "corpus": "offline English corpus (benchmarks/corpus.md): KJV Bible, Shakespeare + Milton, Python docs"}
-
-
 
 
 def parser(description: str, grid: bool) -> argparse.ArgumentParser:
