@@ -102,23 +102,33 @@ class Bench:
         stream = load_file(args.tokens_file)["tokens"].to(torch.int64)
         if args.max_corpus_tokens:
             stream = stream[:args.max_corpus_tokens]
+        self.corpus_tokens = int(stream.numel())
         tokens = stream_contexts(stream.tolist(), self.model.context_format, args.ctx_len)
-        n_eval = max(1, int(len(tokens) * args.heldout_frac))
+        n_eval = self.heldout_contexts(tokens)
         self.train_tokens, self.eval_tokens = tokens[:len(tokens) - n_eval], tokens[len(tokens) - n_eval:]
         self.splice_tokens = self.eval_tokens[:args.splice_contexts]
         self.normalizer = ActivationNormalizer(self.model.d_model)
-        t = time.perf_counter()
-        acts = harvest(self.model, self.train_tokens, HOOK, batch_size=args.harvest_batch)
-        sync()
-        self.harvest_s = time.perf_counter() - t
-        self.train_x = self.normalizer.normalize(acts)[0]
-        del acts
-        self.held_x = self.normalizer.normalize(harvest(self.model, self.eval_tokens, HOOK, batch_size=args.harvest_batch))[0]
+        self.harvest_splits()
         self.mean_activation = harvest(self.model, self.splice_tokens, HOOK, batch_size=args.harvest_batch).mean(0)
         self.distinct_train = int(self.train_x.shape[0])
         self.data = RunData(None, self.model, self.splice_tokens, self.held_x, label=self.model.label)
         print(f"model {self.model_load_s:.1f} s; harvested {self.distinct_train:,} training tokens in {self.harvest_s:.1f} s "
               f"({self.distinct_train / self.harvest_s:,.0f} tok/s); {self.held_x.shape[0]:,} held out", flush=True)
+
+    def heldout_contexts(self, tokens: Any) -> int:
+        """How many of the last contexts to hold out: ``--heldout-frac`` of them."""
+        return max(1, int(len(tokens) * self.args.heldout_frac))
+
+    def harvest_splits(self) -> None:
+        """``train_x`` and ``held_x``, normalised per token (float32), and the training harvest's time ``harvest_s``."""
+        t = time.perf_counter()
+        acts = harvest(self.model, self.train_tokens, HOOK, batch_size=self.args.harvest_batch)
+        sync()
+        self.harvest_s = time.perf_counter() - t
+        self.train_x = self.normalizer.normalize(acts)[0]
+        del acts
+        self.held_x = self.normalizer.normalize(harvest(self.model, self.eval_tokens, HOOK,
+                                                        batch_size=self.args.harvest_batch))[0]
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.t0
@@ -200,37 +210,17 @@ def heldout_split(n_contexts: int, body: int, heldout_tokens: int) -> int:
 class Harvest(Bench):
     """The corpus split, the model and both harvests (training split bf16, held-out float32), normalised per token."""
 
-    def __init__(self, args: argparse.Namespace) -> None:
-        from safetensors.torch import load_file
+    def heldout_contexts(self, tokens: Any) -> int:
+        """Enough of the last contexts for ``--heldout-tokens`` tokens, at most half the corpus."""
+        return heldout_split(len(tokens), int(tokens.mask[0].sum()), self.args.heldout_tokens)
 
-        from aen_mini.lm.models import load_model
-
-        self.args, self.t0 = args, time.perf_counter()
-        if args.gguf:
-            os.environ["AEN_MINI_SMOLLM2_GGUF"] = str(Path(args.gguf).resolve())
-        t = time.perf_counter()
-        self.model = load_model(MODEL, device=args.device, dtype=torch.float32, backend="hf")
-        sync()
-        self.model_load_s = time.perf_counter() - t
-        stream = load_file(args.tokens_file)["tokens"].to(torch.int64)
-        if args.max_corpus_tokens:
-            stream = stream[:args.max_corpus_tokens]
-        self.corpus_tokens = int(stream.numel())
-        tokens = stream_contexts(stream.tolist(), self.model.context_format, args.ctx_len)
-        body = int(tokens.mask[0].sum())
-        n_eval = heldout_split(len(tokens), body, args.heldout_tokens)
-        self.train_tokens, self.eval_tokens = tokens[:len(tokens) - n_eval], tokens[len(tokens) - n_eval:]
-        self.splice_tokens = self.eval_tokens[:args.splice_contexts]
-        self.normalizer = ActivationNormalizer(self.model.d_model)
+    def harvest_splits(self) -> None:
+        """The training split in bf16 and the held-out split in float32, each harvested in normalised chunks."""
         t = time.perf_counter()
         self.train_x = self._harvest(self.train_tokens, torch.bfloat16)
         sync()
         self.harvest_s = time.perf_counter() - t
         self.held_x = self._harvest(self.eval_tokens, torch.float32)
-        self.mean_activation = harvest(self.model, self.splice_tokens, HOOK, batch_size=args.harvest_batch).mean(0)
-        self.distinct_train = int(self.train_x.shape[0])
-        print(f"model {self.model_load_s:.1f} s; harvested {self.distinct_train:,} training tokens in {self.harvest_s:.1f} s "
-              f"({self.distinct_train / self.harvest_s:,.0f} tok/s); {self.held_x.shape[0]:,} held out", flush=True)
 
     @torch.no_grad()
     def _harvest(self, tokens: Any, dtype: torch.dtype) -> torch.Tensor:
