@@ -1,16 +1,11 @@
-"""Grid training on stored activations (aen_mini/train/grid_tensor.py) and the pieces of benchmarks/llm_grid.py that
-plan the held-out window and the runs, at tiny sizes on CPU."""
-import sys
-from pathlib import Path
-
+"""Grid training on stored activations (aen_mini/train/grid_tensor.py) and the pieces of the LLM grid study
+(aen_mini/experiments/llm_study.py, llm_grid_study.py) that plan the held-out window and the runs, at tiny sizes on CPU."""
 import pytest
 import torch
 
 from aen_mini.train.grid import GridConfig, GridRun, train_grid
 from aen_mini.train.grid_tensor import TensorStreams, passes
 from aen_mini.sae import make_sae
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 
 def test_tensor_streams_draw_rows_of_the_harvest_per_stream():
@@ -54,7 +49,7 @@ def test_a_grid_trains_many_passes_over_a_small_harvest():
 
 
 def test_heldout_window_takes_the_asked_tokens_or_half_the_corpus():
-    from llm_grid import heldout_split
+    from aen_mini.experiments.llm_study import heldout_split
 
     assert heldout_split(n_contexts=1000, body=127, heldout_tokens=10_000) == 79  # ceil(10000 / 127)
     assert heldout_split(n_contexts=100, body=127, heldout_tokens=10_000_000) == 50  # at most half
@@ -62,7 +57,7 @@ def test_heldout_window_takes_the_asked_tokens_or_half_the_corpus():
 
 
 def test_runs_of_a_family_share_one_stream_per_seed_and_reuse_the_calibrated_l1():
-    from llm_grid import RELU_FAMILY, TOPK_FAMILY, build_runs
+    from aen_mini.experiments.llm_grid_study import RELU_FAMILY, TOPK_FAMILY, build_runs
 
     l1 = {("relu_l1", 32): 2.0, ("aen", 32): 0.3}
     runs = build_runs(RELU_FAMILY, ["relu_l1", "aen", "topk"], [32], [0, 5], 8, 64, 100, 16, l1)
