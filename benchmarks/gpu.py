@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import statistics
 import sys
 import time
@@ -25,6 +24,7 @@ from typing import Any, Callable
 
 import torch
 
+from aen_mini.experiments.report import provenance
 from aen_mini.run.planning import flop_per_token
 from aen_mini.sae import make_sae
 from aen_mini.train.fast import FastStep
@@ -40,17 +40,12 @@ AUTOTUNE_MODE = "max-autotune-no-cudagraphs"
 SHAPES = ((512, 4096), (512, 16384), (4096, 131072))
 # --- sections ----------------------------------------------------------------------------------------------
 def section_env(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
-    info: dict[str, Any] = {"python": platform.python_version(), "torch": torch.__version__,
-                            "cuda": torch.version.cuda, "device": str(device), "argv": sys.argv[1:]}
-    if device.type == "cuda":
+    info = provenance(sys.argv, device, packages=("transformers", "triton", "transformer_lens"))
+    info["cuda"] = torch.version.cuda
+    if device.type == "cuda":  # provenance names the GPU; its memory, SM count and cuDNN are this benchmark's own
         props = torch.cuda.get_device_properties(device)
-        info.update(gpu=props.name, gpu_memory_gb=round(props.total_memory / 2**30, 1), sm_count=props.multi_processor_count,
+        info.update(gpu_memory_gb=round(props.total_memory / 2**30, 1), sm_count=props.multi_processor_count,
                     cudnn=torch.backends.cudnn.version())
-    for module in ("transformers", "triton", "transformer_lens"):
-        try:
-            info[module] = __import__(module).__version__
-        except Exception as err:  # absent on the GPU machine (transformer_lens): say so
-            info[module] = f"not available ({type(err).__name__})"
     return info
 
 

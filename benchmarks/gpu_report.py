@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from aen_mini.experiments.report import markdown_table
 from gpu_common import PAPER_TOKENS, TOLERANCE
 
 
@@ -27,6 +28,20 @@ def _row_line(row: dict[str, Any]) -> str:
             f"peak {_fmt(row.get('peak_memory_gb'))} GB")
 
 
+def numerics_rows(num: dict[str, Any]) -> list[list[Any]]:
+    """The numerics table's rows: each variant's fp32, fast bf16 and second-seed fp32 runs (those that ran)."""
+    rows = []
+    for row in num["runs"]:
+        for name in ("fp32", "fast_bf16", "fp32_seed1"):
+            r = row.get(name, {})
+            if "skipped" in r:
+                rows.append([row["variant"], name, f"skipped: {r['skipped']}", "", "", ""])
+            elif r:
+                ok = row.get("within_tolerance") if name == "fast_bf16" else ""
+                rows.append([row["variant"], name, _fmt(r["dead_pct"]), _fmt(r["l0"], 4), _fmt(r["ev"], 4), ok])
+    return rows
+
+
 def markdown(results: dict[str, Any]) -> str:
     lines = ["# GPU benchmark (issue 5)", "", "All figures below come from one run of `benchmarks/gpu.py`; method, FLOP "
              "and byte counts and the predictions they are compared with: `benchmarks/gpu_notes.md`.", ""]
@@ -46,56 +61,37 @@ def markdown(results: dict[str, Any]) -> str:
                   "for dense variants (6 matmuls of 2·d·m: encoder and decoder, each forward, input gradient, weight "
                   "gradient), 18·d·m for TopK (AuxK adds a decoder matmul and its two gradients). The fast step "
                   "executes 2·d·m fewer (no encoder input gradient). Fraction = model TFLOP/s / measured bf16 roofline.",
-                  "", "| variant | d | m | impl | ms/step | tokens/s | model TFLOP/s | fraction of roofline | "
-                  "speed-up vs eager fp32 | peak GB | note |", "|---|---|---|---|---|---|---|---|---|---|---|"]
-        for r in step["rows"]:
-            if "skipped" in r:
-                lines.append(f"| {r['variant']} | {r['d']} | {r['m']} | {r['impl']} | | | | | | | skipped: {r['skipped']} |")
-                continue
-            lines.append(f"| {r['variant']} | {r['d']} | {r['m']} | {r['impl']} | {_fmt(r['ms_per_step'])} | "
-                         f"{_fmt(r['tokens_per_s'])} | {_fmt(r['model_tflops'])} | {_fmt(r.get('fraction_of_roofline'))} | "
-                         f"{_fmt(r.get('speedup_vs_eager_fp32'))} | {_fmt(r.get('peak_memory_gb'))} | {r['describe']} |")
-        lines.append("")
+                  ""]
+        header = ["variant", "d", "m", "impl", "ms/step", "tokens/s", "model TFLOP/s", "fraction of roofline",
+                  "speed-up vs eager fp32", "peak GB", "note"]
+        rows = [[r["variant"], r["d"], r["m"], r["impl"], *[""] * 6, f"skipped: {r['skipped']}"] if "skipped" in r else
+                [r["variant"], r["d"], r["m"], r["impl"], _fmt(r["ms_per_step"]), _fmt(r["tokens_per_s"]),
+                 _fmt(r["model_tflops"]), _fmt(r.get("fraction_of_roofline")), _fmt(r.get("speedup_vs_eager_fp32")),
+                 _fmt(r.get("peak_memory_gb")), r["describe"]] for r in step["rows"]]
+        lines += [markdown_table(header, rows), ""]
     abl = results.get("ablation")
     if abl:
-        lines += [f"## Ablation (AEN, d={abl['d']}, m={abl['m']})", "", "| impl | ms/step | tokens/s | model TFLOP/s | what |",
-                  "|---|---|---|---|---|"]
-        for r in abl["rows"]:
-            if "skipped" in r:
-                lines.append(f"| {r['impl']} | | | | skipped: {r['skipped']} |")
-            else:
-                lines.append(f"| {r['impl']} | {_fmt(r['ms_per_step'])} | {_fmt(r['tokens_per_s'])} | "
-                             f"{_fmt(r['model_tflops'])} | {r['describe']} |")
-        lines.append("")
+        rows = [[r["impl"], "", "", "", f"skipped: {r['skipped']}"] if "skipped" in r else
+                [r["impl"], _fmt(r["ms_per_step"]), _fmt(r["tokens_per_s"]), _fmt(r["model_tflops"]), r["describe"]]
+                for r in abl["rows"]]
+        lines += [f"## Ablation (AEN, d={abl['d']}, m={abl['m']})", "",
+                  markdown_table(["impl", "ms/step", "tokens/s", "model TFLOP/s", "what"], rows), ""]
     num = results.get("numerics")
     if num:
         lines += [f"## Numerics: fast bf16 vs fp32 (d={num['d']}, m={num['m']}, {num['steps']} steps of {num['batch']})", "",
                   f"Synthetic spiked data on the device; held-out L0 and EV from an fp32 forward. Tolerance: "
                   f"|Δ dead| ≤ {TOLERANCE['dead_pct']} points, |Δ L0| ≤ {TOLERANCE['l0_rel']:.0%}, |Δ EV| ≤ {TOLERANCE['ev']}. "
                   "`fp32_seed1` (another SAE init) shows the run-to-run spread.", "",
-                  "| variant | run | dead % | L0 | EV | within tolerance |", "|---|---|---|---|---|---|"]
-        for row in num["runs"]:
-            for name in ("fp32", "fast_bf16", "fp32_seed1"):
-                r = row.get(name, {})
-                if "skipped" in r:
-                    lines.append(f"| {row['variant']} | {name} | skipped: {r['skipped']} | | | |")
-                elif r:
-                    ok = row.get("within_tolerance") if name == "fast_bf16" else ""
-                    lines.append(f"| {row['variant']} | {name} | {_fmt(r['dead_pct'])} | {_fmt(r['l0'], 4)} | "
-                                 f"{_fmt(r['ev'], 4)} | {ok} |")
-        lines.append("")
+                  markdown_table(["variant", "run", "dead %", "L0", "EV", "within tolerance"], numerics_rows(num)), ""]
     har = results.get("harvest")
     if har:
         lines += ["## Harvesting", "", f"Random-init stand-ins (random weights, random token ids; speed only), bf16, "
                   f"context {har['ctx_len']}, forward stopped after the hooked block, batches of {har['batch']} rows "
                   "from `LMActivationSource` (normalised, shuffle buffer).", "",
-                  "| model | hook | tokens/s | peak GB | path |", "|---|---|---|---|---|"]
-        for name, r in har["models"].items():
-            if "skipped" in r:
-                lines.append(f"| {name} | | | | skipped: {r['skipped']} |")
-            else:
-                lines.append(f"| {name} | {r['hook']} | {_fmt(r['tokens_per_s'])} | {_fmt(r['peak_memory_gb'])} | {r['path']} |")
-        lines.append("")
+                  markdown_table(["model", "hook", "tokens/s", "peak GB", "path"], [
+                      [name, "", "", "", f"skipped: {r['skipped']}"] if "skipped" in r else
+                      [name, r["hook"], _fmt(r["tokens_per_s"]), _fmt(r["peak_memory_gb"]), r["path"]]
+                      for name, r in har["models"].items()]), ""]
     e2e = results.get("e2e")
     if e2e:
         lines += ["## End to end: the paper's Pythia-70M configuration", ""]

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from aen_mini.experiments.report import markdown_table
 from aen_mini.io.atomic import atomic_write_text
 
 
@@ -102,19 +103,20 @@ def markdown(report: dict[str, Any]) -> str:
         "the true features), F1 (each latent as a detector of its best-matching feature), dead % (latents that "
         "never fired on the evaluation samples).",
         "",
-        "| SAE | source | L0 | MCC | F1 | dead % | EV | uniqueness | l1 calibrated (trials) |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
+    rows = []
     for r in report["records"]:
         cal = "k fixed" if r["l1_coeff"] is None else (
             f"{r['l1_coeff']:.3g}, {'converged' if r['calibration_converged'] else '**not converged**'} "
             f"({len(r['calibration_trials'])}{', deadline' if r['calibration_stopped'] else ''})")
-        lines.append(f"| {r['label']} | ours, {share:.2%} budget | {r['l0']:.1f} | {r['mcc']:.3f} | {r['f1']:.3f} | "
-                     f"{r['dead_pct']:.1f} | {r['ev']:.3f} | {r['uniqueness']:.3f} | {cal} |")
+        rows.append([r["label"], f"ours, {share:.2%} budget", f"{r['l0']:.1f}", f"{r['mcc']:.3f}", f"{r['f1']:.3f}",
+                     f"{r['dead_pct']:.1f}", f"{r['ev']:.3f}", f"{r['uniqueness']:.3f}", cal])
     for name, row in PUBLISHED_L0_25.items():
-        lines.append(f"| {name} | SAELens, published | 25 | {row['mcc'][0]:.4f} ± {row['mcc'][1]:.4f} | "
-                     f"{row['f1'][0]:.4f} ± {row['f1'][1]:.4f} | n/a | {row['ev'][0]:.4f} | "
-                     f"{row['uniqueness'][0]:.4f} | published protocol |")
+        rows.append([name, "SAELens, published", 25, f"{row['mcc'][0]:.4f} ± {row['mcc'][1]:.4f}",
+                     f"{row['f1'][0]:.4f} ± {row['f1'][1]:.4f}", "n/a", f"{row['ev'][0]:.4f}",
+                     f"{row['uniqueness'][0]:.4f}", "published protocol"])
+    lines.append(markdown_table(["SAE", "source", "L0", "MCC", "F1", "dead %", "EV", "uniqueness",
+                                 "l1 calibrated (trials)"], rows))
     lines += ["", *(f"- {line}" for line in reading(report))]
     if report.get("skipped"):
         lines += ["", f"Not run (past the time limit of the run): {', '.join(report['skipped'])}."]
