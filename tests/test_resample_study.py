@@ -18,14 +18,14 @@ REQUIRED = ("protocol", "method", "rho", "seed", "init", "resample", "resample_e
 
 
 def test_resampling_schedule_ends_before_the_lr_decay():
-    protocol = RS.ours_protocol(R.SIZES["cpu"])
+    protocol = R.ours_protocol(R.SIZES["cpu"])
     every = RS.default_resample_every(protocol)
     assert (protocol.steps, protocol.batch_size) == (1500, 256)  # the controlled study's CPU scale
     assert every * RS.RESAMPLINGS == int(protocol.steps * protocol.lr_decay_start)
 
 
 def test_scoring_one_by_one_trained_saes_matches_their_own_encoder():
-    protocol = RS.ours_protocol(TINY)
+    protocol = R.ours_protocol(TINY)
     rc = RS.ResampleCell(R.Cell("topk", "topk", "authors"), resample=False)
     sae, _ = RS._train_one(rc, 0.9, 0, 0.0, TINY, protocol, 10)
     streams = SpikedStreams(TINY.n, TINY.m, TINY.k, [(0.9, 0)], seed=3)

@@ -31,7 +31,7 @@ from aen_mini.io.atomic import atomic_write_text
 __all__ = ["AUTHORS_CSV_GRID", "AUTHORS_GRID", "AUTHORS_GRID_NARROW", "CALIBRATION_POINTS", "CENTRED_CELLS",
            "CENTRED_WARMUP_CELLS", "COLLAPSE_CELLS", "CONTROLLED_CELLS", "Cell", "DENSITY_BINS", "L1_GUESS",
            "NAMED_COEFFS", "PROTOCOLS", "Protocol", "REL_TOL", "SIZES", "Size", "Summary", "TARGET_L0",
-           "authors_csv_point", "authors_csv_selection", "csv_pick_grids", "dumps", "load_results", "summarise",
+           "authors_csv_point", "authors_csv_selection", "csv_pick_grids", "dumps", "load_results", "ours_protocol", "summarise",
            "summary_table", "training_window_dead"]
 
 
@@ -99,6 +99,16 @@ PROTOCOLS = {
                      warmup_steps=int(recipes.WARMUP_FRAC * 1_500), aux_coeff=recipes.AUX_COEFF,
                      dead_after_steps=75),
 }
+
+
+def ours_protocol(size: Size) -> Protocol:
+    """Our protocol at ``size``: the size's batch and number of steps where it sets them."""
+    protocol = PROTOCOLS["ours"]
+    if size.ours_batch:
+        protocol = replace(protocol, batch_size=size.ours_batch)
+    if size.ours_steps:
+        protocol = protocol.scaled(size.ours_steps / protocol.steps)
+    return protocol
 
 # The authors' grid (their sweep file, configs/spiked/spiked_model_sweep.yaml): every lambda, gamma, ema_beta and
 # ref_pct they list, the adaptive lasso included. (The CPU-scale study and the rho = 0.9 full-grid run,

@@ -14,7 +14,8 @@ from aen_mini.train.grid import GridConfig, GridRun, GridTrainer, SpikedStreams,
 from aen_mini.eval.metrics import explained_variance, support_scores
 from aen_mini.sae import make_sae
 from aen_mini.experiments.replication import (AUTHORS_GRID, AUTHORS_GRID_NARROW, CALIBRATION_POINTS, Cell, DENSITY_BINS,
-                                              L1_GUESS, PROTOCOLS, Protocol, REL_TOL, Size, TARGET_L0)
+                                              L1_GUESS, PROTOCOLS, Protocol, REL_TOL, Size, TARGET_L0,
+                                              ours_protocol)
 
 __all__ = ["run_authors", "run_controlled", "speed_benchmark"]
 
@@ -212,11 +213,7 @@ def run_controlled(cells: list[Cell], rhos: list[float], seeds: list[int], size:
                    progress: bool = False) -> list[dict]:
     """Per rho: calibrate every calibrated cell on seed 0 (CALIBRATION_POINTS l1 values, one batched job), then
     train every cell on every seed at the interpolated l1 (one job for the ReLU family, one for TopK)."""
-    protocol = PROTOCOLS["ours"]
-    if size.ours_batch:
-        protocol = replace(protocol, batch_size=size.ours_batch)
-    if size.ours_steps:
-        protocol = protocol.scaled(size.ours_steps / protocol.steps)
+    protocol = ours_protocol(size)
     target = TARGET_L0 * size.k / 16
     records = []
     for centre in sorted({c.centre for c in cells}):

@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -28,15 +28,15 @@ from tqdm.auto import tqdm
 from aen_mini.io.atomic import atomic_write_text
 from aen_mini.data.synthetic import SpikedSource
 from aen_mini.train.grid import SpikedStreams
-from aen_mini.experiments.replication import (CALIBRATION_POINTS, L1_GUESS, PROTOCOLS, REL_TOL, SIZES, TARGET_L0, Cell,
-                                              Protocol, Size, dumps, summarise)
+from aen_mini.experiments.replication import (CALIBRATION_POINTS, L1_GUESS, REL_TOL, SIZES, TARGET_L0, Cell,
+                                              Protocol, Size, dumps, ours_protocol, summarise)
 from aen_mini.experiments.replication_grids import _cell_hyper, _held_out_l0, _interpolate, _sae, _score
 from aen_mini.experiments.replication_report import _fmt
 from aen_mini.experiments.replication_run import _metadata
 from aen_mini.sae import SAE
 from aen_mini.train.loop import TrainConfig, train
 
-__all__ = ["ResampleCell", "RESAMPLE_CELLS", "ours_protocol", "default_resample_every", "run_resample_study",
+__all__ = ["ResampleCell", "RESAMPLE_CELLS", "default_resample_every", "run_resample_study",
            "report_markdown", "main"]
 
 RESAMPLINGS = 3  # resamplings over the first 80 % of training (before the lr decay)
@@ -56,16 +56,6 @@ class ResampleCell:
 
 RESAMPLE_CELLS = [ResampleCell(Cell(variant, variant, init), resample) for init in ("ours", "authors")
                   for variant in ("relu_l1", "topk", "elastic_net", "aen") for resample in (False, True)]
-
-
-def ours_protocol(size: Size) -> Protocol:
-    """Our protocol at ``size``, as ``replication_grids.run_controlled`` derives it (batch and steps of the size)."""
-    protocol = PROTOCOLS["ours"]
-    if size.ours_batch:
-        protocol = replace(protocol, batch_size=size.ours_batch)
-    if size.ours_steps:
-        protocol = protocol.scaled(size.ours_steps / protocol.steps)
-    return protocol
 
 
 def default_resample_every(protocol: Protocol) -> int:
