@@ -96,8 +96,12 @@ def _speed(meta: dict[str, Any], rows: list[dict[str, Any]], speed: dict[str, An
     lines.append(f"- end to end per SAE, measured (this call's wall time, model load and harvest included, / the "
                  f"{meta['n_sae']} SAEs it trained, calibration probes and evaluation included): "
                  f"{meta['end_to_end_per_sae_s']:.1f} s; this call {meta['wall_s']:.0f} s")
-    for call in meta.get("earlier_calls", []):
+    calls = meta.get("earlier_calls", [])
+    for call in calls:
         lines.append(f"- an earlier call (`{call['command']}`): {call['n_sae']} SAEs in {call['wall_s']:.0f} s")
+    if calls:
+        wall, n = meta["wall_s"] + sum(c["wall_s"] for c in calls), meta["n_sae"] + sum(c["n_sae"] for c in calls)
+        lines.append(f"- the {len(calls) + 1} study calls together: {n} SAEs in {wall:.0f} s = {wall / n:.1f} s per SAE end to end")
     lines += [f"- {meta[k]}" for k in ("code_note", "device_seconds_used") if meta.get(k)]
     return lines
 
