@@ -141,3 +141,16 @@ def test_speed_only_times_the_harvest_settings_on_random_tokens(tmp_path, tokens
     harvest = json.loads((folder / "llm_speed.json").read_text())["harvest"]
     assert harvest["tokens_timed"] == 8 * 16 and harvest["eager_fp32_tf32"] > 0 and harvest["eager_bf16"] > 0
     assert harvest["compiled_bf16"] is None and "CUDA" in harvest["compile_error"]
+
+
+def test_committed_report_is_what_the_writer_makes_of_the_committed_results(tmp_path):
+    """benchmarks/llm.md is write_markdown of benchmarks/llm.json (+ llm_speed.json beside it), byte for byte."""
+    import shutil
+
+    from aen_mini.experiments.llm_report import write_markdown
+
+    for name in ("llm.json", "llm_speed.json"):
+        shutil.copy(ROOT / "benchmarks" / name, tmp_path / name)
+    assert write_markdown(tmp_path / "llm.json").read_text() == (ROOT / "benchmarks" / "llm.md").read_text()
+    md = (ROOT / "benchmarks" / "llm.md").read_text()
+    assert "| AEN | 18432 | 32 | 0 |" in md and "**no**" in md  # the missed AEN runs are flagged
