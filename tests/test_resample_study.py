@@ -32,7 +32,7 @@ def test_scoring_one_by_one_trained_saes_matches_their_own_encoder():
     x, _ = streams.held_out(TINY.eval_samples, seed=1)
     with torch.no_grad():
         own = (sae.encode(x[0]) > 0).float().sum(-1).mean().item()
-    assert RG._held_out_l0(RS._stacked([sae], [0]), streams, TINY)[0] == pytest.approx(own)
+    assert RG.held_out_l0(RS._stacked([sae], [0]), streams, TINY)[0] == pytest.approx(own)
 
 
 def test_records_and_resampling_revives_starved_latents():
