@@ -104,7 +104,11 @@ RELATED_REPORTS = [
      "their whole grid)"),
     ("benchmarks/replication_authors_3seeds.md", "the authors' protocol at full size on one H200, every rho, 3 seeds "
      "(narrowed grid), next to their CSV"),
-    ("benchmarks/replication_speed.md", "many SAEs as one batched model on one H200"),
+    ("benchmarks/replication_full_ours.md", "the controlled study at full size on one H200, rho 0 / 0.3 / 0.5 / 0.7, "
+     "3 seeds, with the five-rho results section (rho 0.9: replication_full_picks_ours.md)"),
+    ("benchmarks/replication_full_collapse.md", "AEN's rho = 0 collapse at full size: reference set, clip, EMA rate"),
+    ("benchmarks/replication_full_picks_ours_init.md", "AEN under the authors' protocol at their picks, with our init"),
+    ("benchmarks/replication_speed.md", "one SAE and many SAEs as one batched model on one H200 (50,000 steps in 11.9 s)"),
     ("benchmarks/synthsaebench.md", "SAELens's SynthSAEBench-16k, our variants at L0 = 25 (0.39 % of the published "
      "budget: an end-to-end check, not a benchmark score)"),
 ]
