@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -35,6 +35,7 @@ from aen_mini.experiments.replication_report import fmt_summary
 from aen_mini.experiments.replication_run import replication_metadata
 from aen_mini.sae import SAE
 from aen_mini.train.loop import TrainConfig, train
+from aen_mini.validate import check_positive_int
 
 __all__ = ["ResampleCell", "RESAMPLE_CELLS", "default_resample_every", "run_resample_study",
            "report_markdown", "main"]
@@ -167,12 +168,17 @@ def main(argv: list[str] | None = None, prog: str = "benchmarks/replication_resa
     parser.add_argument("--rhos", nargs="+", type=float, default=[0.0, 0.9])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--resample-every", type=int, default=None, help="default: default_resample_every")
+    parser.add_argument("--dead-window", type=int, default=None,
+                        help="held-out samples for dead %% (default: the size's; the issue asks >= 262,144)")
     parser.add_argument("--commit", default=None)
     parser.add_argument("--progress", action="store_true")
     args = parser.parse_args(argv)
     size = SIZES[args.size]
+    if args.dead_window:
+        size = replace(size, dead_window=check_positive_int("dead_window", args.dead_window))
     every = args.resample_every or default_resample_every(ours_protocol(size))
-    metadata = {**replication_metadata([prog, *argv], "cpu", args.size, args.commit), "resample_every": every,
+    metadata = {**replication_metadata([prog, *argv], "cpu", args.size, args.commit), "sizes": asdict(size),
+                "resample_every": every,
                 "trainer": "aen_mini.train (one SAE at a time)"}
     t0 = time.perf_counter()
     records = run_resample_study(RESAMPLE_CELLS, args.rhos, args.seeds, size, every, args.progress)
