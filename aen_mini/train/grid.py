@@ -198,7 +198,8 @@ class GridTrainer:
                                           capturable=capturable, fused=True)
         self.t = torch.zeros((), device=dev)  # steps done, on the device (warm-ups and the adaptive ramp read it)
         self.x = torch.zeros(len(runs), cfg.batch_size, self.d_in, device=dev)
-        self.last: dict[str, torch.Tensor] = {}
+        self._codes: dict[str, torch.Tensor] = {}  # the last step's codes h and error x - x_hat
+        self._codes_of: dict[int, dict[str, torch.Tensor]] = {}  # ... as each CUDA graph leaves them
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}  # steps per replay -> graph
         self.graph_error: str | None = None
         self.step_count = 0
@@ -228,7 +229,7 @@ class GridTrainer:
         if self.any_adaptive:
             l1 = self.adaptive_weights()[0] * l1
         h, err = relu_family_grads(self.params, self.x, self.err_coef, l1, self.l2_batch * warm)
-        self.last = {"err": err, "h": h}
+        self._codes = {"err": err, "h": h}
 
     def _topk_forward_backward(self) -> None:
         p, x = self.params, self.x
@@ -242,7 +243,7 @@ class GridTrainer:
         h_aux = torch.zeros_like(pre).scatter(-1, idx, vals.relu())
         aux = (err.detach() - torch.bmm(h_aux, p["W_dec"].transpose(1, 2))).pow(2).sum(-1).mean(-1)
         (loss + self.aux_coeff * aux * dead.any(-1)).sum().backward()
-        self.last = {"err": err.detach(), "h": h.detach()}
+        self._codes = {"err": err.detach(), "h": h.detach()}
 
     @torch.no_grad()
     def _update(self) -> None:
@@ -256,7 +257,7 @@ class GridTrainer:
         if self.topk:  # autograd adds into the gradients; the ReLU family's are overwritten
             self.optimizer.zero_grad(set_to_none=False)
         p["W_dec"].div_(torch.linalg.vector_norm(p["W_dec"], dim=1, keepdim=True).clamp_min_(1e-12))
-        h = self.last["h"]  # codes are >= 0: "fired" is a positive maximum, |h| is h
+        h = self._codes["h"]  # codes are >= 0: "fired" is a positive maximum, |h| is h
         self.tokens_since_fired.add_(h.shape[1]).masked_fill_(h.amax(dim=1) > 0, 0)
         self.ema.lerp_(h.mean(dim=1), self.ema_rate)
         self.t.add_(1)
@@ -287,6 +288,7 @@ class GridTrainer:
             if n not in self.graphs and not self._capture(n):
                 continue  # capture failed: graph_error says why, the loop goes on eagerly
             self.graphs[n].replay()
+            self._codes = self._codes_of[n]
             self.step_count += n
             steps -= n
 
@@ -310,7 +312,8 @@ class GridTrainer:
         except RuntimeError as error:  # nothing recorded during a failed capture has run
             self.graph_error = f"CUDA graph capture failed ({str(error)[:200]})"
             return False
-        self.graphs[n] = graph  # capture records without running: the caller's replay is the steps' work
+        # capture records without running: the caller's replay is the steps' work
+        self.graphs[n], self._codes_of[n] = graph, dict(self._codes)
         return True
 
     @property
@@ -318,15 +321,22 @@ class GridTrainer:
         """The graph of ``cfg.steps_per_graph`` steps (or of one step if only that was captured); None if none."""
         return self.graphs.get(self.cfg.steps_per_graph) or self.graphs.get(1)
 
+    @property
+    def last(self) -> dict[str, torch.Tensor]:
+        """The last step's codes h (G, B, m), error x - x_hat, and per model its mse and L0 (computed on request,
+        so the step itself never spends kernels on them)."""
+        h, err = self._codes["h"], self._codes["err"]
+        return {"h": h, "err": err, "mse": err.pow(2).sum(-1).mean(-1) * self.scale,
+                "l0": (h > 0).float().sum(-1).mean(-1)}
+
     def log(self) -> dict[str, list[float]]:
         """Per-model statistics of the last step: mse, l0, training dead % (per dead_after_tokens), and for the
         adaptive models the reference level and the number of weights at the clip w_max."""
         weights, ref = self.adaptive_weights()
         at_clip = (weights >= self.w_max * (1 - 1e-6)).sum(-1) * self.adaptive
         dead = (self.tokens_since_fired >= self.dead_after[:, None]).float().mean(-1) * 100
-        mse = self.last["err"].pow(2).sum(-1).mean(-1) * self.scale
-        l0 = (self.last["h"] > 0).float().sum(-1).mean(-1)
-        return {"step": self.step_count, "mse": mse.tolist(), "l0": l0.tolist(),
+        last = self.last
+        return {"step": self.step_count, "mse": last["mse"].tolist(), "l0": last["l0"].tolist(),
                 "dead_pct": dead.tolist(), "ref": ref.tolist(), "w_at_clip": at_clip.tolist()}
 
     @torch.no_grad()
