@@ -6,8 +6,9 @@ keeps one Adam over the stacked tensors (Adam is elementwise, so this is each mo
 model's gradient by its own norm, and applies each model's after-step (decoder renormalisation, firing counters,
 the adaptive EMA). The ReLU family's gradient is written out (``aen_mini.train.grid_grads``), Adam is the fused
 kernel, and the learning rate is read from a schedule on the device, so on CUDA ``steps_per_graph`` whole steps,
-data included, are captured as one CUDA graph and a 50k-step run never waits for Python or the host. ``unstack`` writes the trained weights back into the SAE objects, so evaluation
-uses the same code as everything else. tests/test_grid.py checks that a grid trains each SAE exactly as
+data included, are captured as one CUDA graph and a 50k-step run never waits for Python or the host (at the
+paper's size a step is bound by kernel launches: benchmarks/replication_speed.md). ``unstack`` writes the trained
+weights back into the SAE objects, so evaluation uses the same code as everything else. tests/test_grid.py checks that a grid trains each SAE exactly as
 ``aen_mini.train.loop.train`` does, for every variant family it supports.
 
 Supported: the ReLU family (relu_l1, elastic_net, adaptive_lasso, aen; one grid may mix them) or TopK (one k per
