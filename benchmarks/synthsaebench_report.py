@@ -84,7 +84,9 @@ def reading(report: dict[str, Any]) -> list[str]:
         lines.append(f"Cost of the published budget with this code on this device: {max(per_step) * 1e3:.1f} ms per "
                      f"training step and {batch * probe['sample_s_per_sample'] * 1e3:.1f} ms to sample a batch, so "
                      f"about {run_s / 60:.0f} min per run of {full_steps:,} steps when the samples are streamed "
-                     "(`--stream`; 200M samples do not fit in GPU memory), before calibration runs.")
+                     "(`--stream`; 200M samples do not fit in GPU memory), before calibration runs. Not run at that "
+                     "budget: one run would take a whole session's device time (30 min of H200), so the rows above "
+                     "stay end-to-end checks.")
     return lines
 
 

@@ -106,3 +106,70 @@ def test_grid_config_is_a_train_config_and_refuses_what_a_grid_does_not_do():
         GridConfig(steps=5, fast=True, resample_every=2)
     with pytest.raises(ValueError, match="lr_warmup_steps"):
         GridConfig(steps=5, lr_warmup_steps=-1)
+
+
+def test_relu_family_grads_equal_autograd_of_the_written_loss():
+    """The written-out gradient of grid_grads is autograd's gradient of the loss its docstring states (float64)."""
+    from aen_mini.train.grid_grads import relu_family_grads
+
+    g = torch.Generator().manual_seed(3)
+    G, B, n, m = 3, 8, 5, 7
+    p = {"W_enc": torch.randn(G, m, n, generator=g, dtype=torch.float64),
+         "b_enc": torch.randn(G, m, generator=g, dtype=torch.float64) * 0.3,
+         "W_dec": torch.randn(G, n, m, generator=g, dtype=torch.float64),
+         "b_dec": torch.randn(G, n, generator=g, dtype=torch.float64)}
+    x = torch.randn(G, B, n, generator=g, dtype=torch.float64)
+    scale, c1, c2 = torch.tensor([1.0, 0.2, 0.5], dtype=torch.float64), torch.rand(G, m, generator=g, dtype=torch.float64), \
+        torch.tensor([0.0, 0.1, 0.3], dtype=torch.float64)
+    leaves = {k: v.clone().requires_grad_() for k, v in p.items()}
+    h = torch.relu((x - leaves["b_dec"][:, None]) @ leaves["W_enc"].transpose(1, 2) + leaves["b_enc"][:, None])
+    x_hat = h @ leaves["W_dec"].transpose(1, 2) + leaves["b_dec"][:, None]
+    loss = (scale * (x - x_hat).pow(2).sum(-1).mean(-1) + (h * c1[:, None]).sum(-1).mean(-1)
+            + c2 * h.pow(2).sum(-1).mean(-1)).sum()
+    loss.backward()
+    for v in p.values():
+        v.grad = torch.full_like(v, float("nan"))  # every entry must be written
+    codes, err = relu_family_grads(p, x, (-2 * scale / B)[:, None, None], c1 / B, 2 * c2 / B)
+    assert (codes > 0).any() and (codes == 0).any()
+    assert torch.allclose(codes, h.detach()) and torch.allclose(err, (x - x_hat).detach())
+    for name in p:
+        assert torch.allclose(p[name].grad, leaves[name].grad, atol=1e-12), name
+
+
+class CountingData:
+    """Deterministic batches from a step counter kept on the device, so a CUDA graph replays them exactly."""
+
+    def __init__(self, streams, d_in, device):
+        self.count = torch.zeros((), device=device)
+        self.base = torch.arange(streams * d_in, device=device, dtype=torch.float32).view(streams, 1, d_in)
+        self.rows = None
+
+    def __call__(self, batch):
+        if self.rows is None:
+            self.rows = torch.arange(batch, device=self.base.device, dtype=torch.float32).view(1, batch, 1)
+        self.count.add_(1)
+        return torch.sin(self.base * 0.37 + self.rows * 1.3 + self.count * 0.11) + 0.5
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+@pytest.mark.parametrize("spec", [RELU_RUNS, TOPK_RUNS], ids=["relu_family", "topk"])
+def test_cuda_graph_of_several_steps_trains_as_eager_steps(spec):
+    """Several steps per graph replay (and the one-step graph for the rest) train exactly as eager steps do."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    out = []
+    for graph in (False, True):
+        runs = [GridRun(make_sae(v, D_IN, D_SAE, seed=10 + i, **hp), stream=s, init=init, l1_warmup_steps=w)
+                for i, (v, hp, init, w, s) in enumerate(spec)]
+        # 24 steps, logs at 12 and 24: 3 eager, 2 four-step replays, 1 one-step replay | 3 four-step replays
+        cfg = GridConfig(steps=24, batch_size=BATCH, lr=1e-2, lr_decay_start=0.5, grad_clip=0.05, log_every=12,
+                         device="cuda", graph=graph, steps_per_graph=4)
+        trained, trainer = train_grid(runs, CountingData(2, D_IN, "cuda"), cfg)
+        assert (trainer.graph is not None) == graph and trainer.graph_error is None
+        out.append((trained, trainer.history))
+    (eager, eager_log), (graphed, graph_log) = out
+    assert [h["step"] for h in graph_log] == [12, 24]
+    for ours, theirs in zip(graph_log, eager_log):  # the last step's statistics, after either kind of replay
+        assert ours["l0"] == pytest.approx(theirs["l0"]) and ours["mse"] == pytest.approx(theirs["mse"], rel=1e-4)
+    for a, b in zip(eager, graphed):
+        for name in ("W_enc", "b_enc", "W_dec", "b_dec", "tokens_since_fired"):
+            assert torch.allclose(getattr(a, name).float(), getattr(b, name).float(), atol=1e-5), name

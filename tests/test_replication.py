@@ -17,9 +17,9 @@ TINY = replace(R.SIZES["tiny"], step_scale=0.002, dead_window=2048, eval_samples
 def test_interpolation_is_log_linear_between_the_bracketing_trials():
     trials = [{"l1_coeff": 1.0, "l0": 32.0}, {"l1_coeff": 4.0, "l0": 8.0}, {"l1_coeff": 16.0, "l0": 1.0}]
     # log L0 falls by log 4 per log 4 of l1 between 1 and 4: L0 = 16 at l1 = 2
-    assert RG._interpolate(trials, 16.0) == pytest.approx(2.0)
+    assert RG.interpolate_l1(trials, 16.0) == pytest.approx(2.0)
     # no bracket: the closest trial
-    assert RG._interpolate([{"l1_coeff": 1.0, "l0": 40.0}, {"l1_coeff": 2.0, "l0": 30.0}], 16.0) == 2.0
+    assert RG.interpolate_l1([{"l1_coeff": 1.0, "l0": 40.0}, {"l1_coeff": 2.0, "l0": 30.0}], 16.0) == 2.0
 
 
 def test_controlled_records_have_every_field_and_flag_misses():
@@ -112,7 +112,7 @@ def test_authors_protocol_gradient_is_their_formula():
 
     from aen_mini.train.grid import GridConfig, GridRun, GridTrainer, SpikedStreams
 
-    sae = RG._sae("relu_l1", TINY, R.PROTOCOLS["authors"], 0, {"l1_coeff": 0.01})
+    sae = RG.protocol_sae("relu_l1", TINY, R.PROTOCOLS["authors"], 0, {"l1_coeff": 0.01})
     streams = SpikedStreams(TINY.n, TINY.m, TINY.k, [(0.5, 0)], seed=0)
     trainer = GridTrainer([GridRun(sae, init="authors")], streams, GridConfig(steps=1, batch_size=64, grad_clip=None))
     trainer._draw()
@@ -121,7 +121,7 @@ def test_authors_protocol_gradient_is_their_formula():
     h = torch.relu((x - p["b_dec"]) @ p["W_enc"].T + p["b_enc"])
     x_hat = h @ p["W_dec"].T + p["b_dec"]
     (((x - x_hat) ** 2).mean() + 0.01 * h.abs().sum(1).mean()).backward()
-    trainer._forward_backward()
+    trainer._relu_forward_backward()
     for name, value in p.items():
         assert torch.allclose(value.grad, trainer.params[name].grad[0], rtol=1e-5, atol=1e-7), name
 

@@ -32,7 +32,7 @@ def test_scoring_one_by_one_trained_saes_matches_their_own_encoder():
     x, _ = streams.held_out(TINY.eval_samples, seed=1)
     with torch.no_grad():
         own = (sae.encode(x[0]) > 0).float().sum(-1).mean().item()
-    assert RG._held_out_l0(RS._stacked([sae], [0]), streams, TINY)[0] == pytest.approx(own)
+    assert RG.held_out_l0(RS._stacked([sae], [0]), streams, TINY)[0] == pytest.approx(own)
 
 
 def test_records_and_resampling_revives_starved_latents():
@@ -52,9 +52,12 @@ def test_records_and_resampling_revives_starved_latents():
 
 
 def test_main_writes_json_and_markdown(tmp_path):
-    RS.main(["--size", "tiny", "--rhos", "0.9", "--seeds", "0", "--out", str(tmp_path), "--commit", "abc"])
+    RS.main(["--size", "tiny", "--rhos", "0.9", "--seeds", "0", "--out", str(tmp_path), "--commit", "abc",
+             "--dead-window", "5000"])
     data = json.loads((tmp_path / "replication_resample.json").read_text())
     assert data["metadata"]["git_commit"] == "abc" and data["metadata"]["complete"]
+    assert data["metadata"]["sizes"]["dead_window"] == 5000  # the window the records were scored on
+    assert {r["dead_window_samples"] for r in data["records"]} == {5000}
     assert data["metadata"]["command"].startswith("benchmarks/replication_resample.py")
     assert len(data["records"]) == len(RS.RESAMPLE_CELLS)
     text = (tmp_path / "replication_resample.md").read_text()

@@ -17,7 +17,8 @@ from aen_mini.experiments.replication import (AUTHORS_GRID, AUTHORS_GRID_NARROW,
                                               L1_GUESS, PROTOCOLS, Protocol, REL_TOL, Size, TARGET_L0,
                                               ours_protocol)
 
-__all__ = ["run_authors", "run_controlled", "speed_benchmark"]
+__all__ = ["cell_hyper", "held_out_l0", "interpolate_l1", "protocol_sae", "run_authors", "run_controlled", "score_grid",
+           "speed_benchmark"]
 
 
 # --- running a grid and scoring it ------------------------------------------------------------------------
@@ -79,7 +80,7 @@ def _matchings(cos_matrices: list[Any], workers: int) -> list[torch.Tensor]:
     return out
 
 
-def _score(trainer: GridTrainer, streams: SpikedStreams, size: Size, which: list[int], workers: int) -> list[dict]:
+def score_grid(trainer: GridTrainer, streams: SpikedStreams, size: Size, which: list[int], workers: int) -> list[dict]:
     """L0, EV, support F1, dead % over the dead window and the firing-density histogram of models ``which``."""
     x, codes = _held_out(streams, size)
     counts = _firing_counts(trainer, streams, size)
@@ -99,7 +100,7 @@ def _score(trainer: GridTrainer, streams: SpikedStreams, size: Size, which: list
     return out
 
 
-def _held_out_l0(trainer: GridTrainer, streams: SpikedStreams, size: Size) -> list[float]:
+def held_out_l0(trainer: GridTrainer, streams: SpikedStreams, size: Size) -> list[float]:
     x, _ = _held_out(streams, size)
     return (_encode_all(trainer, x) > 0).float().sum(-1).mean(-1).tolist()
 
@@ -110,7 +111,7 @@ def _grid_config(protocol: Protocol, device: str, log_every: int = 0) -> GridCon
                       log_every=log_every)
 
 
-def _sae(variant: str, size: Size, protocol: Protocol, seed: int, hyper: dict[str, float]) -> Any:
+def protocol_sae(variant: str, size: Size, protocol: Protocol, seed: int, hyper: dict[str, float]) -> Any:
     common = {"dead_after_tokens": protocol.dead_after_steps * protocol.batch_size, "seed": seed,
               "loss_scale": protocol.loss_scale}
     if variant == "topk":
@@ -130,10 +131,13 @@ def _history_of(trainer: GridTrainer, i: int) -> list[dict]:
 def run_authors(rhos: list[float], seeds: list[int], size: Size, device: str, workers: int = 1,
                 progress: bool = False, grid: dict[str, list[dict[str, float]]] | None = None,
                 families: tuple[tuple[str, ...], ...] = (("relu_l1", "elastic_net", "aen", "adaptive_lasso"),
-                                                         ("topk",)), grid_name: str | None = None) -> list[dict]:
+                                                         ("topk",)), grid_name: str | None = None,
+                rho_grids: dict[float, dict[str, list[dict[str, float]]]] | None = None, init: str = "authors") -> list[dict]:
     """Every point of ``grid`` (default AUTHORS_GRID) at every (rho, seed), one batched job per family (ReLU
     family, TopK); returns one record per (method, rho, seed): the grid point with L0 closest to 16 (their
-    selection), fully scored, with the grid's (coefficients, L0) listed in ``grid``."""
+    selection), fully scored, with the grid's (coefficients, L0) listed in ``grid``. ``rho_grids``: a grid per rho
+    instead (e.g. the authors' own pick at each rho), all rhos still one job; ``init``: "authors" (their protocol) or
+    "ours", to see what our init does under their protocol."""
     grid = AUTHORS_GRID if grid is None else grid
     protocol = PROTOCOLS["authors"].scaled(size.step_scale)
     pairs = [(rho, seed) for rho in rhos for seed in seeds]
@@ -144,25 +148,25 @@ def run_authors(rhos: list[float], seeds: list[int], size: Size, device: str, wo
         meta, runs = [], []
         for s, (rho, seed) in enumerate(pairs):
             for method in family:
-                for hyper in grid.get(method, []):
+                for hyper in (rho_grids[rho] if rho_grids else grid).get(method, []):
                     # their lambdas are in mean-scale units (sum-scale / n): keep the sum-scale value of the paper's
                     # size (n = 256) at smaller sizes, since the calibrated sum-scale l1 hardly depends on n
                     hyper = {k: v * 256 / size.n if k in ("l1_coeff", "l2_coeff") else v for k, v in hyper.items()}
                     hyper = hyper if method != "topk" else {}
-                    runs.append(GridRun(_sae(method, size, protocol, seed, hyper), stream=s, init="authors"))
+                    runs.append(GridRun(protocol_sae(method, size, protocol, seed, hyper), stream=s, init=init))
                     meta.append((method, rho, seed, hyper))
         _, trainer = train_grid(runs, streams, _grid_config(protocol, device, max(1, protocol.steps // 50)), progress)
-        l0s = _held_out_l0(trainer, streams, size)
+        l0s = held_out_l0(trainer, streams, size)
         chosen: dict[tuple, int] = {}
         for i, (method, rho, seed, _hyper) in enumerate(meta):
             key = (method, rho, seed)
             if key not in chosen or abs(l0s[i] - target) < abs(l0s[chosen[key]] - target):
                 chosen[key] = i
         order = list(chosen.values())
-        for i, scores in zip(order, _score(trainer, streams, size, order, workers)):
+        for i, scores in zip(order, score_grid(trainer, streams, size, order, workers)):
             method, rho, seed, hyper = meta[i]
             tried = [{"hyper": meta[j][3], "l0": l0s[j]} for j in range(len(meta)) if meta[j][:3] == (method, rho, seed)]
-            records.append({"protocol": "authors", "method": method, "rho": rho, "seed": seed, "init": "authors",
+            records.append({"protocol": "authors", "method": method, "rho": rho, "seed": seed, "init": init,
                             "l1_warmup": False, "aux": False, "centred": False, "steps": protocol.steps,
                             "batch_size": protocol.batch_size, "loss_scale": protocol.loss_scale,
                             "target_l0": target, "selection": "grid point with L0 closest to the target", **hyper,
@@ -174,7 +178,7 @@ def run_authors(rhos: list[float], seeds: list[int], size: Size, device: str, wo
 
 
 # --- our controlled study ----------------------------------------------------------------------------------------
-def _cell_hyper(cell: Cell, protocol: Protocol, l1: float) -> dict[str, float]:
+def cell_hyper(cell: Cell, protocol: Protocol, l1: float) -> dict[str, float]:
     if cell.variant == "topk":
         return {"aux_coeff": protocol.aux_coeff if cell.aux else 0.0}
     hyper: dict[str, float] = {"l1_coeff": l1}
@@ -191,14 +195,14 @@ def _cell_hyper(cell: Cell, protocol: Protocol, l1: float) -> dict[str, float]:
 
 def _controlled_job(jobs: list[tuple[Cell, float, int, float]], rho_streams: SpikedStreams, stream_of: dict,
                     protocol: Protocol, size: Size, device: str, progress: bool) -> GridTrainer:
-    runs = [GridRun(_sae(cell.variant, size, protocol, seed, _cell_hyper(cell, protocol, l1)),
+    runs = [GridRun(protocol_sae(cell.variant, size, protocol, seed, cell_hyper(cell, protocol, l1)),
                     stream=stream_of[(rho, seed)], init=cell.init,
                     l1_warmup_steps=protocol.steps // 2 if cell.l1_warmup else 0) for cell, rho, seed, l1 in jobs]
     _, trainer = train_grid(runs, rho_streams, _grid_config(protocol, device, max(1, protocol.steps // 30)), progress)
     return trainer
 
 
-def _interpolate(trials: list[dict], target: float) -> float:
+def interpolate_l1(trials: list[dict], target: float) -> float:
     """The l1 whose L0 is the target, by log-log interpolation between the trials that bracket it (the closest
     trial's l1 when none do)."""
     trials = sorted(trials, key=lambda t: t["l1_coeff"])
@@ -233,16 +237,16 @@ def run_controlled(cells: list[Cell], rhos: list[float], seeds: list[int], size:
                     grid = [guess * 2 ** (e - (CALIBRATION_POINTS - 1) / 2) for e in range(CALIBRATION_POINTS)]
                     jobs += [(cell, rho, seeds[0], l1) for l1 in grid]
                 trainer = _controlled_job(jobs, streams, stream_of, protocol, size, device, progress)
-                l0s = _held_out_l0(trainer, streams, size)
+                l0s = held_out_l0(trainer, streams, size)
                 for cell in calibrated:
                     trials = [{"l1_coeff": l1, "l0": l0s[i]} for i, (c, _, _, l1) in enumerate(jobs) if c == cell]
-                    l1_star[cell] = (_interpolate(trials, target), trials)
+                    l1_star[cell] = (interpolate_l1(trials, target), trials)
             for family in ([c for c in group if c.calibrated], [c for c in group if not c.calibrated]):
                 if not family:
                     continue
                 jobs = [(cell, rho, seed, l1_star.get(cell, (0.0, []))[0]) for cell in family for seed in seeds]
                 trainer = _controlled_job(jobs, streams, stream_of, protocol, size, device, progress)
-                scores = _score(trainer, streams, size, list(range(len(jobs))), workers)
+                scores = score_grid(trainer, streams, size, list(range(len(jobs))), workers)
                 for i, ((cell, _, seed, l1), score) in enumerate(zip(jobs, scores)):
                     records.append({
                         "protocol": "ours", "method": cell.method, "variant": cell.variant, "rho": rho, "seed": seed,
@@ -261,27 +265,31 @@ def run_controlled(cells: list[Cell], rhos: list[float], seeds: list[int], size:
 
 
 # --- speed ----------------------------------------------------------------------------------------------------
-def speed_benchmark(size: Size, device: str, steps: int, grids: tuple[tuple[int, int], ...] = ((1, 1), (64, 10))) -> list[dict]:
+def speed_benchmark(size: Size, device: str, steps: int,
+                    grids: tuple[tuple[int, int, int], ...] = ((1, 1, 1), (1, 1, 16), (64, 10, 16))) -> list[dict]:
     """Wall time of `steps` steps of batch 256 (the authors' budget at full size: 50,000), spiked data drawn on the
-    device, for one AEN alone and for a grid of several trained at once; ``grids``: (models, fraction of
-    ``steps`` timed), e.g. (64, 10): 64 models for steps / 10 steps."""
+    device, for one AEN alone and for a grid of several trained at once; ``grids``: (models, fraction of ``steps``
+    timed, steps per CUDA graph replay), e.g. (64, 10, 16): 64 models for steps / 10 steps, 16 steps per replay.
+    The clock runs from the first step (eager warm-up and graph captures included) to the last step's end."""
     out = []
-    for g, fraction in grids:
-        steps = max(10, steps // fraction)
-        protocol = replace(PROTOCOLS["authors"], steps=steps)
+    for g, fraction, per_graph in grids:
+        n_steps = max(10, steps // fraction)
+        protocol = replace(PROTOCOLS["authors"], steps=n_steps)
         streams = SpikedStreams(size.n, size.m, size.k, [(0.9, 0)], device=device, seed=0)
-        runs = [GridRun(_sae("aen", size, protocol, i, {"l1_coeff": 0.005, "l2_coeff": 0.001}), init="authors")
+        runs = [GridRun(protocol_sae("aen", size, protocol, i, {"l1_coeff": 0.005, "l2_coeff": 0.001}), init="authors")
                 for i in range(g)]
-        trainer = GridTrainer(runs, streams, _grid_config(protocol, device))
+        cfg = replace(_grid_config(protocol, device), steps_per_graph=per_graph)
+        t_setup = time.perf_counter()
+        trainer = GridTrainer(runs, streams, cfg)
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        for _ in range(steps):
-            trainer.step()
+        trainer.run(n_steps)
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         wall = time.perf_counter() - t0
-        out.append({"models": g, "steps": steps, "batch_size": protocol.batch_size, "n": size.n, "d_sae": size.d_sae,
-                    "wall_s": wall, "wall_s_per_model": wall / g, "ms_per_step": 1e3 * wall / steps,
-                    "cuda_graph": trainer.graph is not None, "graph_error": trainer.graph_error})
+        out.append({"models": g, "steps": n_steps, "batch_size": protocol.batch_size, "n": size.n, "d_sae": size.d_sae,
+                    "steps_per_graph": per_graph, "setup_s": t0 - t_setup, "wall_s": wall, "wall_s_per_model": wall / g,
+                    "ms_per_step": 1e3 * wall / n_steps, "cuda_graph": trainer.graph is not None,
+                    "graph_error": trainer.graph_error})
     return out

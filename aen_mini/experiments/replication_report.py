@@ -5,10 +5,10 @@ from __future__ import annotations
 from aen_mini.experiments.replication import (SIZES, Summary, _num, _paper_point, _same_points, summarise,
                                               training_window_dead)
 
-__all__ = ["PROTOCOL_DIFFERENCES", "RELATED_REPORTS", "report_markdown"]
+__all__ = ["PROTOCOL_DIFFERENCES", "RELATED_REPORTS", "fmt_summary", "report_markdown"]
 
 
-def _fmt(s: Summary, digits: int = 1) -> str:
+def fmt_summary(s: Summary, digits: int = 1) -> str:
     return f"{s.mean:.{digits}f} ± {s.std:.{digits}f}" if s.n > 1 else f"{s.mean:.{digits}f}"
 
 
@@ -31,7 +31,10 @@ def report_markdown(records: list[dict], metadata: dict, paper: list[dict] | dic
     authors = [r for r in records if r["protocol"] == "authors"]
     if authors:
         lines += ["## 1. The authors' protocol", "",
-                  "Their init, loss scale (mean over features; their lambdas = ours / n), Adam 1e-3 constant, no "
+                  ("Their init" if all(r.get("init", "authors") == "authors" for r in authors) else
+                   "Init: " + ", ".join(sorted({r.get("init", "authors") for r in authors})) + " (ours: b_dec at the first batch's "
+                   "mean, encoder = decoder transposed; NOT their init)") + ", loss scale (mean over features; their "
+                  "lambdas = ours / n), Adam 1e-3 constant, no "
                   "clipping, batch 256, their schedule (at full size 50,000 steps, reweighting from step 10,000 with "
                   f"a 2,000-step ramp; scaled by {sizes.step_scale:g} here), TopK without AuxK, their grid and their "
                   f"selection (the run with L0 closest to {sizes.k}). The paper's numbers are at full size.", ""]
@@ -56,9 +59,9 @@ def report_markdown(records: list[dict], metadata: dict, paper: list[dict] | dic
             f1 = summarise(rs, ("method",), "support_f1")[(method,)]
             p = paper_of.get((method, rho), {})
             window = [{"dead": training_window_dead(r)} for r in rs]
-            window_text = _fmt(summarise(window, (), "dead")[()]) if None not in [w["dead"] for w in window] else "–"
-            lines.append(f"| {method} | {rho} | {s.n} | {_fmt(l0)}{flag} | {_fmt(s)} | {window_text} | {_fmt(ev, 3)} | "
-                         f"{_fmt(f1, 3)} | "
+            window_text = fmt_summary(summarise(window, (), "dead")[()]) if None not in [w["dead"] for w in window] else "–"
+            lines.append(f"| {method} | {rho} | {s.n} | {fmt_summary(l0)}{flag} | {fmt_summary(s)} | {window_text} | {fmt_summary(ev, 3)} | "
+                         f"{fmt_summary(f1, 3)} | "
                          f"{_paper_point(p)} | {_num(p.get('l0'), 1)} | {_num(p.get('dead_pct'), 1)} | "
                          f"{_num(p.get('ev'), 3)} |")
         same = _same_points(authors, paper_file.get("points", []))
@@ -77,16 +80,16 @@ def report_markdown(records: list[dict], metadata: dict, paper: list[dict] | dic
         for key in sorted(stats["l0"], key=lambda k: (k[2], k[1], k[0], k[3])):
             rs = [r for r in ours if tuple(r[k] for k in keys) == key]
             flag = "" if all(r["calibration_converged"] for r in rs) else " !"
-            lines.append(f"| {key[0]} | {key[1]} | {'yes' if key[2] else 'no'} | {key[3]} | {_fmt(stats['l0'][key])}{flag} | "
-                         f"{_fmt(stats['dead_pct'][key])} | {_fmt(stats['ev'][key], 3)} | {_fmt(stats['support_f1'][key], 3)} |")
+            lines.append(f"| {key[0]} | {key[1]} | {'yes' if key[2] else 'no'} | {key[3]} | {fmt_summary(stats['l0'][key])}{flag} | "
+                         f"{fmt_summary(stats['dead_pct'][key])} | {fmt_summary(stats['ev'][key], 3)} | {fmt_summary(stats['support_f1'][key], 3)} |")
         lines.append("")
     speed = metadata.get("speed")
     if speed:
-        lines += ["## Speed", "", "| models at once | steps x batch | wall s | s per model | ms per step | CUDA graph |",
-                  "| --- | --- | --- | --- | --- | --- |"]
+        lines += ["## Speed", "", "| models at once | steps x batch | steps per graph replay | wall s | s per model | "
+                  "ms per step | CUDA graph |", "| --- | --- | --- | --- | --- | --- | --- |"]
         for s in speed:
-            lines.append(f"| {s['models']} | {s['steps']} x {s['batch_size']} | {s['wall_s']:.1f} | "
-                         f"{s['wall_s_per_model']:.2f} | {s['ms_per_step']:.3f} | {s['cuda_graph']} |")
+            lines.append(f"| {s['models']} | {s['steps']} x {s['batch_size']} | {s.get('steps_per_graph', 1)} | "
+                         f"{s['wall_s']:.1f} | {s['wall_s_per_model']:.2f} | {s['ms_per_step']:.3f} | {s['cuda_graph']} |")
         lines.append("")
     lines += ["## Protocol differences between our replication and the authors' code", ""]
     lines += [f"- {d}" for d in PROTOCOL_DIFFERENCES]
@@ -101,7 +104,11 @@ RELATED_REPORTS = [
      "their whole grid)"),
     ("benchmarks/replication_authors_3seeds.md", "the authors' protocol at full size on one H200, every rho, 3 seeds "
      "(narrowed grid), next to their CSV"),
-    ("benchmarks/replication_speed.md", "many SAEs as one batched model on one H200"),
+    ("benchmarks/replication_full_ours.md", "the controlled study at full size on one H200, rho 0 / 0.3 / 0.5 / 0.7, "
+     "3 seeds, with the five-rho results section (rho 0.9: replication_full_picks_ours.md)"),
+    ("benchmarks/replication_full_collapse.md", "AEN's rho = 0 collapse at full size: reference set, clip, EMA rate"),
+    ("benchmarks/replication_full_picks_ours_init.md", "AEN under the authors' protocol at their picks, with our init"),
+    ("benchmarks/replication_speed.md", "one SAE and many SAEs as one batched model on one H200 (50,000 steps in 11.9 s)"),
     ("benchmarks/synthsaebench.md", "SAELens's SynthSAEBench-16k, our variants at L0 = 25 (0.39 % of the published "
      "budget: an end-to-end check, not a benchmark score)"),
 ]

@@ -20,10 +20,10 @@ from aen_mini.experiments.report import provenance
 from aen_mini.experiments.replication_report import report_markdown
 from aen_mini.experiments.replication_grids import run_authors, run_controlled, speed_benchmark
 
-__all__ = ["main"]
+__all__ = ["main", "replication_metadata"]
 
 
-def _metadata(argv: list[str], device: str, size: str, commit: str | None) -> dict[str, Any]:
+def replication_metadata(argv: list[str], device: str, size: str, commit: str | None) -> dict[str, Any]:
     meta = provenance(argv, device, packages=("numpy", "scipy"))
     return {**meta, "git_commit": commit or meta["git_commit"], "tf32": torch.backends.cuda.matmul.allow_tf32,
             "size": size, "sizes": asdict(SIZES[size]), "protocols": {k: asdict(v) for k, v in PROTOCOLS.items()},
@@ -37,8 +37,8 @@ def main(argv: list[str] | None = None, default_out: str = "benchmarks", prog: s
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", default=default_out)
     parser.add_argument("--parts", nargs="+", default=["speed", "authors", "ours"],
-                        help="speed, authors, authors_narrow, authors_csv_picks, authors_rest, ours, centred, "
-                             "centred_warmup, collapse (in this order)")
+                        help="speed, authors, authors_narrow, authors_csv_picks, authors_csv_picks_ours_init, "
+                             "authors_rest, ours, centred, centred_warmup, collapse (in this order)")
     parser.add_argument("--csv-picks", default="benchmarks/paper_spiked_csv.json",
                         help="for authors_csv_picks: the authors' picks (benchmarks/paper_spiked_csv.py writes it)")
     parser.add_argument("--rhos", nargs="+", type=float, default=[0.0, 0.9, 0.5, 0.3, 0.7])
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None, default_out: str = "benchmarks", prog: s
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     size = SIZES[args.size]
-    metadata = _metadata([prog, *argv], args.device, args.size, args.commit)
+    metadata = replication_metadata([prog, *argv], args.device, args.size, args.commit)
     records: list[dict] = []
     t0 = time.perf_counter()
     done = []
@@ -117,6 +117,11 @@ def _run_part(part: str, args: argparse.Namespace, size: Size, metadata: dict, t
                                    (tuple(grid),), grid_name="csv_pick")
             done.append(f"authors_csv_picks:rho={rho}")
             _write(out, records, {**metadata, "parts_done": done}, complete=False)
+    elif part == "authors_csv_picks_ours_init":  # the same picks under their protocol with our init, one job
+        picks = json.loads(Path(args.csv_picks).read_text())["records"]
+        grids = csv_pick_grids(picks)
+        records += run_authors(sorted(grids), args.seeds, size, args.device, args.workers, args.progress,
+                               families=(("aen",),), grid_name="csv_pick", rho_grids=grids, init="ours")
     elif part == "authors_rest":
         rest = [r for r in (0.0, 0.3, 0.5, 0.7, 0.9) if r not in args.authors_rhos]
         records += run_authors(rest, args.seeds[:1], size, args.device, args.workers, args.progress)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -30,11 +30,12 @@ from aen_mini.data.synthetic import SpikedSource
 from aen_mini.train.grid import SpikedStreams
 from aen_mini.experiments.replication import (CALIBRATION_POINTS, L1_GUESS, REL_TOL, SIZES, TARGET_L0, Cell,
                                               Protocol, Size, dumps, ours_protocol, summarise)
-from aen_mini.experiments.replication_grids import _cell_hyper, _held_out_l0, _interpolate, _sae, _score
-from aen_mini.experiments.replication_report import _fmt
-from aen_mini.experiments.replication_run import _metadata
+from aen_mini.experiments.replication_grids import cell_hyper, held_out_l0, interpolate_l1, protocol_sae, score_grid
+from aen_mini.experiments.replication_report import fmt_summary
+from aen_mini.experiments.replication_run import replication_metadata
 from aen_mini.sae import SAE
 from aen_mini.train.loop import TrainConfig, train
+from aen_mini.validate import check_positive_int
 
 __all__ = ["ResampleCell", "RESAMPLE_CELLS", "default_resample_every", "run_resample_study",
            "report_markdown", "main"]
@@ -65,7 +66,7 @@ def default_resample_every(protocol: Protocol) -> int:
 
 def _train_one(rc: ResampleCell, rho: float, seed: int, l1: float, size: Size, protocol: Protocol,
                resample_every: int) -> tuple[SAE, list[dict]]:
-    sae = _sae(rc.cell.variant, size, protocol, seed, _cell_hyper(rc.cell, protocol, l1))
+    sae = protocol_sae(rc.cell.variant, size, protocol, seed, cell_hyper(rc.cell, protocol, l1))
     cfg = TrainConfig(steps=protocol.steps, batch_size=protocol.batch_size, lr=protocol.lr,
                       lr_decay_start=protocol.lr_decay_start, grad_clip=protocol.grad_clip, seed=seed,
                       init=rc.cell.init, l1_warmup_steps=protocol.steps // 2 if rc.cell.l1_warmup else 0,
@@ -78,7 +79,7 @@ def _train_one(rc: ResampleCell, rho: float, seed: int, l1: float, size: Size, p
 
 
 def _stacked(saes: list[SAE], streams: list[int]) -> Any:
-    """What ``replication_grids._score`` and ``_held_out_l0`` read from a GridTrainer, for SAEs trained one by one."""
+    """What ``replication_grids.score_grid`` and ``held_out_l0`` read from a GridTrainer, for SAEs trained one by one."""
     variants = {s.variant for s in saes}
     if len(variants) != 1:
         raise ValueError(f"score one variant at a time, got {sorted(variants)}")
@@ -111,9 +112,9 @@ def run_resample_study(cells: list[ResampleCell], rhos: list[float], seeds: list
             for l1 in grid:
                 saes.append(_train_one(rc, rho, seeds[0], l1, size, protocol, every)[0])
                 bar.update(1)
-            l0s = _held_out_l0(_stacked(saes, [0] * len(saes)), streams, size)
+            l0s = held_out_l0(_stacked(saes, [0] * len(saes)), streams, size)
             trials = [{"l1_coeff": l1, "l0": l0} for l1, l0 in zip(grid, l0s)]
-            l1_star[rc] = (_interpolate(trials, target), trials)
+            l1_star[rc] = (interpolate_l1(trials, target), trials)
         for rc in cells:
             l1, trials = l1_star.get(rc, (0.0, []))
             trained = []
@@ -121,7 +122,7 @@ def run_resample_study(cells: list[ResampleCell], rhos: list[float], seeds: list
                 trained.append(_train_one(rc, rho, seed, l1, size, protocol, every))
                 bar.update(1)
             stacked = _stacked([sae for sae, _ in trained], list(range(len(seeds))))
-            scores = _score(stacked, streams, size, list(range(len(seeds))), workers=1)
+            scores = score_grid(stacked, streams, size, list(range(len(seeds))), workers=1)
             for seed, (_, history), score in zip(seeds, trained, scores):
                 records.append({
                     "protocol": "ours", "method": rc.method, "variant": rc.cell.variant, "rho": rho, "seed": seed,
@@ -153,8 +154,8 @@ def report_markdown(records: list[dict], metadata: dict) -> str:
     for key in sorted(cols["l0"], key=lambda k: (k[0] != "ours", k[1], k[2])):
         rs = [r for r in records if tuple(r[k] for k in keys) == key]
         flag = "" if all(r["calibration_converged"] for r in rs) else " !"
-        lines.append(f"| {key[0]} | {key[1]:g} | {key[2]} | {len(rs)} | {_fmt(cols['l0'][key])}{flag} | "
-                     f"{_fmt(cols['dead_pct'][key])} | {_fmt(cols['ev'][key], 3)} | {_fmt(cols['support_f1'][key], 3)} |")
+        lines.append(f"| {key[0]} | {key[1]:g} | {key[2]} | {len(rs)} | {fmt_summary(cols['l0'][key])}{flag} | "
+                     f"{fmt_summary(cols['dead_pct'][key])} | {fmt_summary(cols['ev'][key], 3)} | {fmt_summary(cols['support_f1'][key], 3)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -167,12 +168,17 @@ def main(argv: list[str] | None = None, prog: str = "benchmarks/replication_resa
     parser.add_argument("--rhos", nargs="+", type=float, default=[0.0, 0.9])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--resample-every", type=int, default=None, help="default: default_resample_every")
+    parser.add_argument("--dead-window", type=int, default=None,
+                        help="held-out samples for dead %% (default: the size's; the issue asks >= 262,144)")
     parser.add_argument("--commit", default=None)
     parser.add_argument("--progress", action="store_true")
     args = parser.parse_args(argv)
     size = SIZES[args.size]
+    if args.dead_window:
+        size = replace(size, dead_window=check_positive_int("dead_window", args.dead_window))
     every = args.resample_every or default_resample_every(ours_protocol(size))
-    metadata = {**_metadata([prog, *argv], "cpu", args.size, args.commit), "resample_every": every,
+    metadata = {**replication_metadata([prog, *argv], "cpu", args.size, args.commit), "sizes": asdict(size),
+                "resample_every": every,
                 "trainer": "aen_mini.train (one SAE at a time)"}
     t0 = time.perf_counter()
     records = run_resample_study(RESAMPLE_CELLS, args.rhos, args.seeds, size, every, args.progress)

@@ -4,9 +4,11 @@ Each SAE is built as usual (``make_sae``: its hyperparameters, its seed's initia
 init); the grid stacks their parameters along a leading model axis, runs every matmul as one batched product,
 keeps one Adam over the stacked tensors (Adam is elementwise, so this is each model's own Adam), clips each
 model's gradient by its own norm, and applies each model's after-step (decoder renormalisation, firing counters,
-the adaptive EMA). On CUDA the whole step, data included, is captured as one CUDA graph: a 50k-step run is then
-bound by the GPU, not by Python. ``unstack`` writes the trained weights back into the SAE objects, so evaluation
-uses the same code as everything else. tests/test_grid.py checks that a grid trains each SAE exactly as
+the adaptive EMA). The ReLU family's gradient is written out (``aen_mini.train.grid_grads``), Adam is the fused
+kernel, and the learning rate is read from a schedule on the device, so on CUDA ``steps_per_graph`` whole steps,
+data included, are captured as one CUDA graph and a 50k-step run never waits for Python or the host (at the
+paper's size a step is bound by kernel launches: benchmarks/replication_speed.md). ``unstack`` writes the trained
+weights back into the SAE objects, so evaluation uses the same code as everything else. tests/test_grid.py checks that a grid trains each SAE exactly as
 ``aen_mini.train.loop.train`` does, for every variant family it supports.
 
 Supported: the ReLU family (relu_l1, elastic_net, adaptive_lasso, aen; one grid may mix them) or TopK (one k per
@@ -30,6 +32,7 @@ from aen_mini.sae import SAE
 from aen_mini.sae.adaptive import A_FLOOR, W_MIN
 from aen_mini.sae.base import INITS
 from aen_mini.train.config import TrainConfig
+from aen_mini.train.grid_grads import relu_family_grads
 from aen_mini.validate import check_choice, check_nonnegative_int, check_positive_int, option
 
 __all__ = ["SpikedStreams", "GridRun", "GridConfig", "GridTrainer", "train_grid"]
@@ -70,9 +73,10 @@ class SpikedStreams:
         g = generator if generator is not None else self.generator
         shape = (len(self.streams), batch_size, self.m)
         support = torch.rand(shape, device=self.device, generator=g).topk(self.k, dim=-1).indices
-        values = torch.rand((*shape[:2], self.k), device=self.device, generator=g) * (self.high - self.low) + self.low
+        values = torch.empty((*shape[:2], self.k), device=self.device).uniform_(self.low, self.high, generator=g)
         codes = torch.zeros(shape, device=self.device).scatter_(-1, support, values)
-        return torch.bmm(codes, self.dictionaries.transpose(1, 2)) - self.mean[:, None, :], codes
+        x = torch.bmm(codes, self.dictionaries.transpose(1, 2))
+        return (x - self.mean[:, None, :] if self.centre else x), codes
 
     def __call__(self, batch_size: int) -> torch.Tensor:
         return self.draw(batch_size)[0]
@@ -110,9 +114,11 @@ class GridConfig(TrainConfig):
 
     log_every: int = option(0, "steps between logged statistics (trainer.history; 0: none)")
     graph: bool = option(True, "capture the step as a CUDA graph (CUDA only)")
+    steps_per_graph: int = option(16, "training steps captured in one CUDA graph (one replay runs them all)")
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        check_positive_int("steps_per_graph", self.steps_per_graph)
         changed = [name for name, default in _NOT_IN_A_GRID.items() if getattr(self, name) != default]
         if changed:
             raise ValueError(f"a grid does not implement {changed} (set seed and init per run in GridRun; train "
@@ -153,9 +159,23 @@ class GridTrainer:
         self.adaptive = _column(runs, lambda s: hasattr(s, "reweighting"), dev)
         rw = lambda name, default: _column(  # noqa: E731
             runs, lambda s: getattr(s.reweighting, name) if hasattr(s, "reweighting") else default, dev)
-        self.gamma, self.beta, self.w_max = rw("gamma", 1.0), rw("ema_beta", 0.0), rw("w_max", 10.0)
-        self.w_start, self.w_steps, self.n_ref = rw("warmup_start", 0), rw("warmup_steps", 0), rw("n_ref", 1)
-        self.n_ref_max = int(self.n_ref.max().item())
+        self.gamma, self.w_max = rw("gamma", 1.0)[:, None], rw("w_max", 10.0)[:, None]
+        self.ema_rate = 1.0 - rw("ema_beta", 0.0)[:, None]
+        w_start, w_steps, n_ref = rw("warmup_start", 0), rw("warmup_steps", 0), rw("n_ref", 1)
+        self.n_ref_max = int(n_ref.max().item())
+        self.ref_weight = (torch.arange(self.n_ref_max, device=dev) < n_ref[:, None]) / n_ref[:, None]
+        # the reweighting ramp is clamp((t - start) * rate, 0, 1): rate 1 / warmup_steps, or a step from 0 to 1 at
+        # warmup_start (start one step earlier, rate 1) when there is no ramp, or 0 for the models without weights
+        rate = torch.where(w_steps > 0, 1.0 / w_steps.clamp_min(1), 1.0) * self.adaptive
+        self.ramp_rate, self.ramp_offset = rate, -torch.where(w_steps > 0, w_start, w_start - 1) * rate
+        self.any_adaptive = bool(self.adaptive.any())
+        # per-step constants of the ReLU family's gradient (grid_grads): its coefficients divided by the batch
+        batch = cfg.batch_size
+        self.err_coef = (-2.0 * self.scale / batch)[:, None, None]
+        self.l1_batch, self.l2_batch = self.l1 / batch, 2.0 * self.l2 / batch
+        # the l1/l2 warm-up factor is clamp((t + 1) / warm, max=1), and 1 (an infinite rate) without a warm-up
+        self.warm_rate = torch.where(self.warm > 0, 1.0 / self.warm.clamp_min(1), float("inf"))
+        self.ones = torch.ones(len(runs), self.d_sae, device=dev)
         self.ema = torch.stack([r.sae.reweighting.ema.float() if hasattr(r.sae, "reweighting")
                                 else torch.ones(self.d_sae) for r in runs]).to(dev)
         self.dead_after = _column(runs, lambda s: s.dead_after_tokens, dev, torch.long)
@@ -170,13 +190,18 @@ class GridTrainer:
         clip = cfg.grad_clip or 0.0
         self.clip = clip
         capturable = dev.type == "cuda" and cfg.graph
+        # on CUDA Adam reads the learning rate from a tensor that the step itself sets from the schedule
         self.lr = torch.tensor(cfg.lr, device=dev) if capturable else cfg.lr
+        self.schedule = (torch.tensor([cfg.lr_at(s) for s in range(cfg.steps)], device=dev) if capturable else None)
+        for p in self.params.values():  # gradients live outside any CUDA graph's memory pool, written in place
+            p.grad = torch.zeros_like(p)
         self.optimizer = torch.optim.Adam(list(self.params.values()), lr=self.lr, betas=cfg.adam_betas,
-                                          capturable=capturable, foreach=True)
+                                          capturable=capturable, fused=True)
         self.t = torch.zeros((), device=dev)  # steps done, on the device (warm-ups and the adaptive ramp read it)
         self.x = torch.zeros(len(runs), cfg.batch_size, self.d_in, device=dev)
-        self.last: dict[str, torch.Tensor] = {}
-        self.graph: torch.cuda.CUDAGraph | None = None
+        self._codes: dict[str, torch.Tensor] = {}  # the last step's codes h and error x - x_hat
+        self._codes_of: dict[int, dict[str, torch.Tensor]] = {}  # ... as each CUDA graph leaves them
+        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}  # steps per replay -> graph
         self.graph_error: str | None = None
         self.step_count = 0
         self.history: list[dict] = []
@@ -184,43 +209,42 @@ class GridTrainer:
     # --- one step, all on the device -----------------------------------------------------------------
     def adaptive_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Each model's effective l1 weights w~ (G, d_sae) and its reference level (G,), as AdaptiveL1Weights."""
-        top = self.ema.topk(self.n_ref_max, dim=-1).values
-        keep = torch.arange(self.n_ref_max, device=self.device) < self.n_ref[:, None]
-        ref = (top * keep).sum(-1) / self.n_ref
-        w = (ref[:, None] / self.ema.clamp_min(A_FLOOR)).pow(self.gamma[:, None])
-        w = torch.minimum(w.clamp_min(W_MIN), self.w_max[:, None])
-        since = self.t - self.w_start
-        ramp = torch.where(self.w_steps > 0, (since / self.w_steps.clamp_min(1)).clamp(0, 1), (since >= 0).float())
-        return 1.0 + (w - 1.0) * (ramp * self.adaptive)[:, None], ref
+        ref = (self.ema.topk(self.n_ref_max, dim=-1).values * self.ref_weight).sum(-1)
+        w = (ref[:, None] / self.ema.clamp_min(A_FLOOR)).pow(self.gamma).clamp_(W_MIN).clamp_(max=self.w_max)
+        ramp = torch.addcmul(self.ramp_offset, self.t, self.ramp_rate).clamp_(0, 1)
+        return torch.lerp(self.ones, w, ramp[:, None]), ref
+
+    def _set_lr(self) -> None:
+        if self.schedule is not None:  # on the device, so that one graph replay can span several steps
+            self.lr.copy_(torch.take(self.schedule, self.t.long().clamp_(max=len(self.schedule) - 1)))
+        else:
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.cfg.lr_at(self.step_count)
 
     def _draw(self) -> None:
-        self.x.copy_(self.data(self.cfg.batch_size)[self.stream])
+        self.x = self.data(self.cfg.batch_size)[self.stream]
 
-    def _forward_backward(self) -> None:
+    def _relu_forward_backward(self) -> None:
+        warm = (self.t + 1).mul(self.warm_rate).clamp_(max=1.0)
+        l1 = (self.l1_batch * warm)[:, None]
+        if self.any_adaptive:
+            l1 = self.adaptive_weights()[0] * l1
+        h, err = relu_family_grads(self.params, self.x, self.err_coef, l1, self.l2_batch * warm)
+        self._codes = {"err": err, "h": h}
+
+    def _topk_forward_backward(self) -> None:
         p, x = self.params, self.x
         pre = torch.baddbmm(p["b_enc"][:, None, :], x - p["b_dec"][:, None, :], p["W_enc"].transpose(1, 2))
-        if self.topk:
-            values, idx = pre.topk(self.k, dim=-1)
-            h = torch.zeros_like(pre).scatter(-1, idx, values.relu())
-        else:
-            h = pre.relu()
-        x_hat = torch.baddbmm(p["b_dec"][:, None, :], h, p["W_dec"].transpose(1, 2))
-        err = x - x_hat
-        mse = err.pow(2).sum(-1).mean(-1) * self.scale
-        loss = mse
-        if not self.topk:
-            warm = torch.where(self.warm > 0, ((self.t + 1) / self.warm.clamp_min(1)).clamp(max=1.0), 1.0)
-            weights, _ = self.adaptive_weights()
-            loss = loss + self.l1 * warm * (h * weights[:, None, :]).sum(-1).mean(-1)
-            loss = loss + self.l2 * warm * h.pow(2).sum(-1).mean(-1)
-        else:
-            dead = self.tokens_since_fired >= self.dead_after[:, None]
-            vals, idx = pre.masked_fill(~dead[:, None, :], float("-inf")).topk(self.aux_k, dim=-1)
-            h_aux = torch.zeros_like(pre).scatter(-1, idx, vals.relu())
-            aux = (err.detach() - torch.bmm(h_aux, p["W_dec"].transpose(1, 2))).pow(2).sum(-1).mean(-1)
-            loss = loss + self.aux_coeff * aux * dead.any(-1)
-        loss.sum().backward()
-        self.last = {"mse": mse.detach(), "l0": (h > 0).float().sum(-1).mean(-1), "h": h.detach()}
+        values, idx = pre.topk(self.k, dim=-1)
+        h = torch.zeros_like(pre).scatter(-1, idx, values.relu())
+        err = x - torch.baddbmm(p["b_dec"][:, None, :], h, p["W_dec"].transpose(1, 2))
+        loss = err.pow(2).sum(-1).mean(-1) * self.scale
+        dead = self.tokens_since_fired >= self.dead_after[:, None]
+        vals, idx = pre.masked_fill(~dead[:, None, :], float("-inf")).topk(self.aux_k, dim=-1)
+        h_aux = torch.zeros_like(pre).scatter(-1, idx, vals.relu())
+        aux = (err.detach() - torch.bmm(h_aux, p["W_dec"].transpose(1, 2))).pow(2).sum(-1).mean(-1)
+        (loss + self.aux_coeff * aux * dead.any(-1)).sum().backward()
+        self._codes = {"err": err.detach(), "h": h.detach()}
 
     @torch.no_grad()
     def _update(self) -> None:
@@ -231,69 +255,89 @@ class GridTrainer:
             for g in p.values():
                 g.grad.mul_(coef.view(-1, *[1] * (g.dim() - 1)))
         self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=False)
-        p["W_dec"].div_(p["W_dec"].norm(dim=1, keepdim=True).clamp_min(1e-12))
-        h = self.last["h"]
-        fired = (h > 0).any(dim=1)
-        self.tokens_since_fired.add_(h.shape[1]).mul_(~fired)
-        self.ema.lerp_(h.abs().mean(dim=1), (1.0 - self.beta)[:, None])
+        if self.topk:  # autograd adds into the gradients; the ReLU family's are overwritten
+            self.optimizer.zero_grad(set_to_none=False)
+        p["W_dec"].div_(torch.linalg.vector_norm(p["W_dec"], dim=1, keepdim=True).clamp_min_(1e-12))
+        h = self._codes["h"]  # codes are >= 0: "fired" is a positive maximum, |h| is h
+        self.tokens_since_fired.add_(h.shape[1]).masked_fill_(h.amax(dim=1) > 0, 0)
+        self.ema.lerp_(h.mean(dim=1), self.ema_rate)
         self.t.add_(1)
 
     def _full_step(self) -> None:
+        self._set_lr()
         self._draw()
-        self._forward_backward()
+        if self.step_count == 0:
+            with torch.no_grad():  # "ours": b_dec at the first batch's mean
+                self.params["b_dec"].copy_(torch.where(self.ours_b_dec[:, None], self.x.mean(1), self.params["b_dec"]))
+        self._topk_forward_backward() if self.topk else self._relu_forward_backward()
         self._update()
 
     def step(self) -> None:
         """One training step of every model (eager for the first steps, then a CUDA graph replay on CUDA)."""
-        if isinstance(self.lr, float):
-            for group in self.optimizer.param_groups:
-                group["lr"] = self.cfg.lr_at(self.step_count)
-        else:
-            self.lr.fill_(self.cfg.lr_at(self.step_count))
-        use_graph = self.device.type == "cuda" and self.cfg.graph and self.graph_error is None
-        if self.graph is not None:
-            self.graph.replay()
-        elif use_graph and self.step_count >= WARMUP_STEPS:
-            self._capture()
-        else:
-            side = torch.cuda.Stream(self.device) if use_graph else None  # capture wants warm-up off the main stream
-            if side is not None:
-                side.wait_stream(torch.cuda.current_stream(self.device))
-            with torch.cuda.stream(side) if side is not None else _nullcontext():
-                self._draw()
-                if self.step_count == 0:
-                    with torch.no_grad():  # "ours": b_dec at the first batch's mean
-                        self.params["b_dec"].copy_(torch.where(self.ours_b_dec[:, None], self.x.mean(1),
-                                                               self.params["b_dec"]))
-                self._forward_backward()
-                self._update()
-            if side is not None:
-                torch.cuda.current_stream(self.device).wait_stream(side)
+        self.run(1)
+
+    def run(self, steps: int) -> None:
+        """``steps`` training steps of every model: on CUDA after the first few, ``cfg.steps_per_graph`` per graph
+        replay while that many remain, then one per replay; eager elsewhere or if a capture fails."""
+        use_graph = self.device.type == "cuda" and self.cfg.graph
+        while steps > 0:
+            if not use_graph or self.graph_error is not None or self.step_count < WARMUP_STEPS:
+                self._eager(use_graph)
+                steps -= 1
+                continue
+            n = self.cfg.steps_per_graph if steps >= self.cfg.steps_per_graph else 1
+            if n not in self.graphs and not self._capture(n):
+                continue  # capture failed: graph_error says why, the loop goes on eagerly
+            self.graphs[n].replay()
+            self._codes = self._codes_of[n]
+            self.step_count += n
+            steps -= n
+
+    def _eager(self, use_graph: bool) -> None:
+        side = torch.cuda.Stream(self.device) if use_graph else None  # capture wants warm-up off the main stream
+        if side is not None:
+            side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side) if side is not None else _nullcontext():
+            self._full_step()
+        if side is not None:
+            torch.cuda.current_stream(self.device).wait_stream(side)
         self.step_count += 1
 
-    def _capture(self) -> None:
+    def _capture(self, n: int) -> bool:
         torch.cuda.synchronize(self.device)
-        self.optimizer.zero_grad(set_to_none=True)  # backward allocates the gradients inside the graph's pool
         graph = torch.cuda.CUDAGraph()
         try:
             with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-                self._full_step()
-        except RuntimeError as error:  # nothing recorded during a failed capture has run: go on eagerly
+                for _ in range(n):
+                    self._full_step()
+        except RuntimeError as error:  # nothing recorded during a failed capture has run
             self.graph_error = f"CUDA graph capture failed ({str(error)[:200]})"
-            self.optimizer.zero_grad(set_to_none=True)
-            self._full_step()
-            return
-        self.graph = graph
-        self.graph.replay()  # capture records without running: this replay is this step's work
+            return False
+        # capture records without running: the caller's replay is the steps' work
+        self.graphs[n], self._codes_of[n] = graph, dict(self._codes)
+        return True
+
+    @property
+    def graph(self) -> torch.cuda.CUDAGraph | None:
+        """The graph of ``cfg.steps_per_graph`` steps (or of one step if only that was captured); None if none."""
+        return self.graphs.get(self.cfg.steps_per_graph) or self.graphs.get(1)
+
+    @property
+    def last(self) -> dict[str, torch.Tensor]:
+        """The last step's codes h (G, B, m), error x - x_hat, and per model its mse and L0 (computed on request,
+        so the step itself never spends kernels on them)."""
+        h, err = self._codes["h"], self._codes["err"]
+        return {"h": h, "err": err, "mse": err.pow(2).sum(-1).mean(-1) * self.scale,
+                "l0": (h > 0).float().sum(-1).mean(-1)}
 
     def log(self) -> dict[str, list[float]]:
         """Per-model statistics of the last step: mse, l0, training dead % (per dead_after_tokens), and for the
         adaptive models the reference level and the number of weights at the clip w_max."""
         weights, ref = self.adaptive_weights()
-        at_clip = (weights >= self.w_max[:, None] * (1 - 1e-6)).sum(-1) * self.adaptive
+        at_clip = (weights >= self.w_max * (1 - 1e-6)).sum(-1) * self.adaptive
         dead = (self.tokens_since_fired >= self.dead_after[:, None]).float().mean(-1) * 100
-        return {"step": self.step_count, "mse": self.last["mse"].tolist(), "l0": self.last["l0"].tolist(),
+        last = self.last
+        return {"step": self.step_count, "mse": last["mse"].tolist(), "l0": last["l0"].tolist(),
                 "dead_pct": dead.tolist(), "ref": ref.tolist(), "w_at_clip": at_clip.tolist()}
 
     @torch.no_grad()
@@ -318,9 +362,13 @@ def train_grid(runs: list[GridRun], data: Callable[[int], torch.Tensor], cfg: Gr
     from tqdm.auto import tqdm
 
     trainer = GridTrainer(runs, data, cfg)
-    for _ in tqdm(range(cfg.steps), disable=not progress, unit="step", mininterval=5):
-        trainer.step()
-        if cfg.log_every and trainer.step_count % cfg.log_every == 0:
-            trainer.history.append(trainer.log())
+    with tqdm(total=cfg.steps, disable=not progress, unit="step", mininterval=5) as bar:
+        while trainer.step_count < cfg.steps:
+            left = cfg.steps - trainer.step_count
+            n = min(left, cfg.log_every - trainer.step_count % cfg.log_every) if cfg.log_every else left
+            trainer.run(n)
+            bar.update(n)
+            if cfg.log_every and trainer.step_count % cfg.log_every == 0:
+                trainer.history.append(trainer.log())
     return trainer.unstack(), trainer
 
