@@ -79,6 +79,17 @@ def test_benchmark_calibrates_each_size_in_priority_order_and_writes_every_recor
         ("relu_l1", 1), ("aen", 1), ("topk", 1)]
     assert new[0]["calibration_trials"] == [] and "first seed" in new[0]["calibration_how"]
     assert again["metadata"]["n_sae"] == 3 and again["metadata"]["earlier_calls"][0]["n_sae"] == 6
+    # the second call ran no larger dictionary, but the study it continues still has one; nothing is left to run
+    assert again["metadata"]["latents32"] == 128 and again["metadata"]["not_run"] == [] == meta["not_run"]
+
+
+def test_a_continuing_call_narrows_its_own_plan_not_the_study():
+    from aen_mini.experiments.llm_calibrated import study_design
+
+    earlier = {"methods": ["relu_l1", "topk", "aen"], "seeds": [0], "targets": [32, 128], "latents32": 18432}
+    call = {"methods": ["aen"], "seeds": [0, 1], "targets": [32], "latents32": 0}
+    assert study_design(earlier, call) == {"methods": ["relu_l1", "topk", "aen"], "seeds": [0, 1],
+                                           "targets": [32, 128], "latents32": 18432}
 
 
 def test_heldout_window_takes_the_asked_tokens_and_leaves_one_context_to_train_on():

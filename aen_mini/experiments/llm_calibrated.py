@@ -37,6 +37,8 @@ from aen_mini.train.loop import train
 PROBE_FRACTION = 8  # a probe runs 1/8 of the full run's steps
 PROBE_TOL = 0.08  # a probe this close to the target ends the search
 MAX_PROBES = 3
+# what each call of a continued study keeps of its own metadata (notes: provenance added to a call's file by hand)
+CALL_KEYS = ("command", "wall_s", "n_sae", "cut", "code_note", "device_seconds_used")
 SLOPE = -1.5  # d log L0 / d log l1 before two probes measure it (ReLU+L1 and AEN at 4608 latents: about -1.4 / -1.6)
 PROBE_EVAL_TOKENS = 1_000_000  # held-out tokens a probe's L0 is measured on
 # planning guesses until a run of the same kind is measured: ms per step at 4608 latents on an H200 (scaled with
@@ -222,6 +224,14 @@ def start_table(path: Path) -> dict[tuple[str, int], float]:
     return {(r["method"], r["target_l0"]): r["l1"] for r in first}
 
 
+def study_design(earlier: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
+    """What the calls together set out to run: a continuing call may narrow its own plan (say, only the AEN's
+    second seed) without narrowing the study its rows belong to."""
+    design = {k: list(dict.fromkeys([*earlier[k], *meta[k]])) for k in ("methods", "seeds", "targets")}
+    design["latents32"] = meta["latents32"] or earlier["latents32"]
+    return design
+
+
 def run_all(args: argparse.Namespace) -> dict[str, Any]:
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
@@ -243,7 +253,8 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
         rows = earlier["rows"]
         features = json.loads(Path(args.continue_from).with_name("llm_features.json").read_text())
         meta["earlier_calls"] = [*earlier["metadata"].get("earlier_calls", []),
-                                 {k: earlier["metadata"][k] for k in ("command", "wall_s", "n_sae", "cut")}]
+                                 {k: earlier["metadata"][k] for k in CALL_KEYS if k in earlier["metadata"]}]
+        meta.update(study_design(earlier["metadata"], meta))
         for r in rows:
             if r["l1"] is not None and r["seed"] == args.seeds[0]:
                 study.l1[(r["method"], r["target_l0"], r["d_sae"])] = {"l1": r["l1"], "l0": r["l0"], "slope": r["slope"],
@@ -251,7 +262,10 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
 
     def write() -> None:
         n_new = len(rows) - sum(c["n_sae"] for c in meta.get("earlier_calls", []))
-        meta.update(wall_s=bench.elapsed(), cut=cut, n_sae=n_new, end_to_end_per_sae_s=bench.elapsed() / max(1, n_new))
+        done = {f"{r['method']}:{r['target_l0']}:{r['seed']}:{r['d_sae']}" for r in rows}
+        meta.update(wall_s=bench.elapsed(), cut=cut, n_sae=n_new, end_to_end_per_sae_s=bench.elapsed() / max(1, n_new),
+                    not_run=[j.key for j in plan(argparse.Namespace(**{**vars(args), **study_design(meta, meta)}))
+                             if j.key not in done])
         atomic_write_text(out_dir / "llm.json", json.dumps({"metadata": meta, "rows": rows}, indent=1))
         atomic_write_text(out_dir / "llm_features.json", json.dumps(features))
 

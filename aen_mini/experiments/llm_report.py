@@ -47,9 +47,10 @@ def _table(rows: list[dict[str, Any]], within: str, dead: str) -> list[str]:
             f"{rows[0]['ce_mean']:.3f}.", "", markdown_table(header, cells)]
 
 
-def _cut(meta: dict[str, Any]) -> list[str]:
-    cut = [*meta.get("cut", [])]
-    return ["", "## Cut (did not fit the device-time budget)", ""] + ([f"- {c}" for c in cut] or ["- nothing"])
+def _not_run(meta: dict[str, Any]) -> list[str]:
+    """The study's planned runs that no call made (each call's own cuts, with its budget, are in its metadata)."""
+    return (["", "## Not run (did not fit the device-time budget)", ""]
+            + ([f"- {key}" for key in meta["not_run"]] or ["- nothing"]))
 
 
 def _calibration(rows: list[dict[str, Any]]) -> list[str]:
@@ -99,6 +100,7 @@ def _speed(meta: dict[str, Any], rows: list[dict[str, Any]], speed: dict[str, An
     calls = meta.get("earlier_calls", [])
     for call in calls:
         lines.append(f"- an earlier call (`{call['command']}`): {call['n_sae']} SAEs in {call['wall_s']:.0f} s")
+        lines += [f"  - {call[k]}" for k in ("code_note", "device_seconds_used") if call.get(k)]
     if calls:
         wall, n = meta["wall_s"] + sum(c["wall_s"] for c in calls), meta["n_sae"] + sum(c["n_sae"] for c in calls)
         lines.append(f"- the {len(calls) + 1} study calls together: {n} SAEs in {wall:.0f} s = {wall / n:.1f} s per SAE end to end")
@@ -119,7 +121,7 @@ def markdown(result: dict[str, Any], speed: dict[str, Any] | None = None) -> str
                     "schedule and options for every method (`aen_mini/experiments/llm_study.py`).")
     for d in sorted({r["d_sae"] for r in rows}):
         lines += [f"## {d} latents", ""] + _table([r for r in rows if r["d_sae"] == d], "within tolerance", ".2f") + [""]
-    lines += _calibration(rows) + _speed(meta, rows, speed) + _cut(meta)
+    lines += _calibration(rows) + _speed(meta, rows, speed) + _not_run(meta)
     return "\n".join(lines) + "\n"
 
 
