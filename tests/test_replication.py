@@ -156,10 +156,28 @@ def test_committed_csv_picks_are_the_script_applied_to_the_committed_rows():
     spec.loader.exec_module(script)
     runs = script.points(root / "benchmarks" / "paper_spiked_csv_rows.tsv")
     committed = json.loads((root / "benchmarks" / "paper_spiked_csv.json").read_text())
-    assert committed["points"] == runs
-    assert committed["records"] == [p for p in R.authors_csv_selection(runs) if p["method"] != "adaptive_lasso"]
+    assert committed["points"] == runs and len({(p["run"], p["rho"]) for p in runs}) == len(runs)
+    assert committed["records"] == R.authors_csv_selection(runs)
+    # every run of their CSV was read: 5 methods' whole grids at 5 rho, each pick made among the whole grid
+    assert len(runs) == 5 * sum(math.prod(map(len, axes.values())) for _, axes in R.AUTHORS_CSV_GRID.values())
+    assert all(p["points_read"] == p["grid_points"] for p in committed["records"])
+    assert {r["method"] for r in committed["records"]} == {"relu_l1", "topk", "elastic_net", "adaptive_lasso", "aen"}
     relu = {r["rho"]: r for r in committed["records"] if r["method"] == "relu_l1"}
     assert {r["l1_coeff"] for r in relu.values()} == {0.005} and relu[0.9]["dead_pct"] == pytest.approx(90.52734375)
+
+
+def test_gpu_runs_at_their_pick_are_at_the_full_transcriptions_picks():
+    """The GPU runs "at their pick" took the picks from a partial reading of their CSV (29 of AEN's 72 points);
+    the full reading picks the same grid point at every rho, so those runs are at their pick of the whole grid."""
+    import json
+    from pathlib import Path
+    root = Path(__file__).resolve().parent.parent / "benchmarks"
+    grids = R.csv_pick_grids(json.loads((root / "paper_spiked_csv.json").read_text())["records"])
+    for name in ("replication_full_picks_ours.json", "replication_full_picks_ours_init.json"):
+        runs = [r for r in R.load_results(root / name)[0] if r.get("grid_name") == "csv_pick"]
+        assert sorted({r["rho"] for r in runs}) == sorted(grids) and len(runs) == 15
+        for r in runs:
+            assert [g["hyper"] for g in r["grid"]] == grids[r["rho"]]["aen"], (name, r["rho"])
 
 
 def test_report_puts_a_shared_grid_point_side_by_side():
