@@ -39,6 +39,7 @@ PROBE_TOL = 0.08  # a probe this close to the target ends the search
 MAX_PROBES = 3
 # what each call of a continued study keeps of its own metadata (notes: provenance added to a call's file by hand)
 CALL_KEYS = ("command", "wall_s", "n_sae", "cut", "code_note", "device_seconds_used")
+DESIGN_KEYS = ("methods", "seeds", "targets", "latents32")  # the study's plan, as opposed to one call's
 SLOPE = -1.5  # d log L0 / d log l1 before two probes measure it (ReLU+L1 and AEN at 4608 latents: about -1.4 / -1.6)
 PROBE_EVAL_TOKENS = 1_000_000  # held-out tokens a probe's L0 is measured on
 # planning guesses until a run of the same kind is measured: ms per step at 4608 latents on an H200 (scaled with
@@ -224,6 +225,11 @@ def start_table(path: Path) -> dict[tuple[str, int], float]:
     return {(r["method"], r["target_l0"]): r["l1"] for r in first}
 
 
+def row_keys(rows: list[dict[str, Any]]) -> set[str]:
+    """The ``Job.key`` of every recorded run."""
+    return {f"{r['method']}:{r['target_l0']}:{r['seed']}:{r['d_sae']}" for r in rows}
+
+
 def study_design(earlier: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
     """What the calls together set out to run: a continuing call may narrow its own plan (say, only the AEN's
     second seed) without narrowing the study its rows belong to."""
@@ -259,17 +265,16 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
             if r["l1"] is not None and r["seed"] == args.seeds[0]:
                 study.l1[(r["method"], r["target_l0"], r["d_sae"])] = {"l1": r["l1"], "l0": r["l0"], "slope": r["slope"],
                                                                        "drift": r["actual_drift"]}
+    design = argparse.Namespace(**{**vars(args), **{k: meta[k] for k in DESIGN_KEYS}})  # what not_run is checked against
 
     def write() -> None:
         n_new = len(rows) - sum(c["n_sae"] for c in meta.get("earlier_calls", []))
-        done = {f"{r['method']}:{r['target_l0']}:{r['seed']}:{r['d_sae']}" for r in rows}
         meta.update(wall_s=bench.elapsed(), cut=cut, n_sae=n_new, end_to_end_per_sae_s=bench.elapsed() / max(1, n_new),
-                    not_run=[j.key for j in plan(argparse.Namespace(**{**vars(args), **study_design(meta, meta)}))
-                             if j.key not in done])
+                    not_run=[j.key for j in plan(design, row_keys(rows))])
         atomic_write_text(out_dir / "llm.json", json.dumps({"metadata": meta, "rows": rows}, indent=1))
         atomic_write_text(out_dir / "llm_features.json", json.dumps(features))
 
-    for job in plan(args, {f"{r['method']}:{r['target_l0']}:{r['seed']}:{r['d_sae']}" for r in rows}):
+    for job in plan(args, row_keys(rows)):
         if bench.elapsed() + study.cost(job) > args.budget_s:
             cut.append(f"{job.key} (planned {study.cost(job):.0f} s; {args.budget_s - bench.elapsed():.0f} s left)")
             continue
