@@ -128,6 +128,20 @@ def test_plan_puts_the_first_seed_then_the_large_dictionary_then_more_seeds():
     assert "topk:32:0:8" not in [j.key for j in plan(args, {"topk:32:0:8"})]
 
 
+def test_explicit_jobs_replace_the_plan_in_their_order_and_bad_keys_fail_in_one_line():
+    from argparse import Namespace
+
+    from aen_mini.experiments.llm_calibrated import Job, plan
+
+    args = Namespace(seeds=[0], targets=[32], methods=["relu_l1", "aen"], latents=8, latents32=0,
+                     jobs=["aen:32:1:32", "relu_l1:128:1:8", "aen:32:0:8"])
+    assert [j.key for j in plan(args, {"aen:32:0:8"})] == ["aen:32:1:32", "relu_l1:128:1:8"]
+    assert Job.parse("topk_noaux:128:1:4608") == Job("topk_noaux", 128, 1, 4608)
+    for bad in ("aen:32:1", "lasso:32:0:8", "aen:32:x:8"):
+        with pytest.raises(ValueError, match="--jobs: .* is not METHOD:TARGET:SEED:LATENTS"):
+            Job.parse(bad)
+
+
 def test_secant_step_follows_the_measured_slope_and_falls_back_on_an_implausible_one():
     from aen_mini.experiments.llm_calibrated import secant_l1
 

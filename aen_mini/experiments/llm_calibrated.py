@@ -59,6 +59,14 @@ class Job:
     def key(self) -> str:
         return f"{self.method}:{self.target}:{self.seed}:{self.d_sae}"
 
+    @classmethod
+    def parse(cls, key: str) -> Job:
+        """``Job.parse(job.key) == job``; a one-line error for a malformed key or an unknown method."""
+        parts = key.split(":")
+        if len(parts) != 4 or parts[0] not in MS_GUESS or not all(p.isdigit() for p in parts[1:]):
+            raise ValueError(f"--jobs: {key!r} is not METHOD:TARGET:SEED:LATENTS with METHOD in {sorted(MS_GUESS)}")
+        return cls(parts[0], int(parts[1]), int(parts[2]), int(parts[3]))
+
 
 def plan(args: argparse.Namespace, done: set[str] = frozenset()) -> list[Job]:
     """The runs in priority order: the first seed at ``--latents`` (ReLU+L1, AEN and TopK + AuxK at every target);
@@ -74,6 +82,8 @@ def plan(args: argparse.Namespace, done: set[str] = frozenset()) -> list[Job]:
     jobs += [Job(m, t, s, args.latents) for s in rest for t in args.targets for m in args.methods]
     if args.latents32:
         jobs += [Job(m, t, s0, args.latents32) for t in args.targets if t != small for m in args.methods]
+    if getattr(args, "jobs", None):  # an explicit list replaces the priority order
+        jobs = [Job.parse(k) for k in args.jobs]
     return [j for j in jobs if j.key not in done]
 
 
@@ -239,6 +249,8 @@ def study_design(earlier: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any
 
 
 def run_all(args: argparse.Namespace) -> dict[str, Any]:
+    for key in args.jobs or []:  # a malformed key fails before the model loads
+        Job.parse(key)
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     bench = Harvest(args)
@@ -262,10 +274,11 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
                                  {k: earlier["metadata"][k] for k in CALL_KEYS if k in earlier["metadata"]}]
         meta.update(study_design(earlier["metadata"], meta))
         for r in rows:
+            study.ms.setdefault((r["method"], r["d_sae"]), r["step_ms"])  # plan with measured step times
             if r["l1"] is not None and r["seed"] == args.seeds[0]:
                 study.l1[(r["method"], r["target_l0"], r["d_sae"])] = {"l1": r["l1"], "l0": r["l0"], "slope": r["slope"],
                                                                        "drift": r["actual_drift"]}
-    design = argparse.Namespace(**{**vars(args), **{k: meta[k] for k in DESIGN_KEYS}})  # what not_run is checked against
+    design = argparse.Namespace(**{**vars(args), **{k: meta[k] for k in DESIGN_KEYS}, "jobs": None})  # not_run's yardstick
 
     def write() -> None:
         n_new = len(rows) - sum(c["n_sae"] for c in meta.get("earlier_calls", []))

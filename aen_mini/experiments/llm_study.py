@@ -238,6 +238,8 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--harvest-dtype", default="bf16", choices=sorted(HARVEST_DTYPES))
     p.add_argument("--max-corpus-tokens", type=int, default=0, help="smoke tests: use only this many corpus tokens")
     p.add_argument("--budget-s", type=float, default=540, help="start no SAE whose planned cost would end after this")
+    p.add_argument("--jobs", nargs="+", metavar="METHOD:TARGET:SEED:LATENTS",
+                   help="run these, in this order, instead of the priority plan (runs already recorded are skipped)")
     p.add_argument("--continue-from", help="an llm.json of an earlier call: its rows are kept, its runs not repeated, "
                    "its l1 reused")
     p.add_argument("--commit", default=None, help="the commit to record (git on a GPU machine may see another)")
