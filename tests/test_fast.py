@@ -124,6 +124,59 @@ def test_bf16_fast_run_agrees_with_the_fp32_run():
     assert reference["ev"] > 0.5  # the run learned something, so the comparison means something
 
 
+@pytest.mark.parametrize("variant", ["relu_l1", "aen"])
+def test_fast_loss_scales_l1_and_l2_by_the_warmup_factor_in_value_and_gradient(variant):
+    """The warm-up factor is a buffer both losses read: at 0.25 the fast terms and gradients equal the plain
+    ones, and the penalty is a quarter of the unscaled one."""
+    sae, x = variant_sae(variant), batch()
+    unscaled = fast_loss(sae, x, torch.float32)[0]
+    sae.penalty_scale.fill_(0.25)
+    reference = sae.loss(x)
+    reference["loss"].backward()
+    expected = {name: p.grad.clone() for name, p in sae.named_parameters()}
+    sae.zero_grad(set_to_none=True)
+    terms = fast_loss(sae, x, torch.float32)[0]
+    terms["loss"].backward()
+    torch.testing.assert_close(terms["l1"], 0.25 * unscaled["l1"], rtol=1e-5, atol=1e-7)
+    for name in terms:
+        torch.testing.assert_close(terms[name], reference[name].float(), rtol=1e-5, atol=1e-6)
+    for name, p in sae.named_parameters():
+        torch.testing.assert_close(p.grad, expected[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_fast_run_with_a_penalty_warmup_matches_the_plain_run():
+    """TrainConfig.l1_warmup_steps in the fused step: the same weights as the plain fp32 step, and not the weights
+    of a run without the warm-up (so the fast step did not ignore it)."""
+    def run(fast, warmup):
+        sae = make_sae("relu_l1", 16, 48, l1_coeff=0.5, seed=2)
+        cfg = TrainConfig(steps=12, batch_size=64, lr=3e-3, log_every=12, progress=False, precision="fp32",
+                          fast=fast, l1_warmup_steps=warmup, grad_clip=None)
+        return train(sae, SpikedSource(n=16, m=32, k=3, rho=0.3, seed=1), cfg).sae
+
+    plain, fast, without = run(False, 8), run(True, 8), run(True, 0)
+    for (name, a), b, c in zip(plain.state_dict().items(), fast.state_dict().values(), without.state_dict().values()):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6, msg=name)
+    assert not torch.allclose(fast.b_enc, without.b_enc, atol=1e-4)
+    assert float(fast.penalty_scale) == 1.0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_cuda_graph_step_follows_the_penalty_warmup():
+    """The graph is captured after a few eager steps, inside the warm-up: its replays must read the factor the
+    trainer fills in, so the graphed run trains as the plain one does."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+
+    def run(fast):
+        sae = make_sae("relu_l1", 16, 48, l1_coeff=0.5, seed=2)
+        cfg = TrainConfig(steps=12, batch_size=64, lr=3e-3, log_every=12, progress=False, precision="fp32",
+                          fast=fast, l1_warmup_steps=8, grad_clip=None, device="cuda")
+        return train(sae, SpikedSource(n=16, m=32, k=3, rho=0.3, seed=1), cfg).sae
+
+    plain, graphed = run(False), run(True)
+    for (name, a), b in zip(plain.state_dict().items(), graphed.state_dict().values()):
+        torch.testing.assert_close(b.float(), a.float(), rtol=1e-4, atol=1e-5, msg=name)
+
+
 def test_fast_run_resumes_exactly(tmp_path):
     full = spiked_run(30, "bf16", True).sae
     ckpt = tmp_path / "fast.safetensors"

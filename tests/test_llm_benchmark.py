@@ -126,6 +126,10 @@ def test_plan_puts_the_first_seed_then_the_large_dictionary_then_more_seeds():
     assert keys[12:20] == [f"{m}:{t}:1:8" for t in (32, 128) for m in args.methods]
     assert keys[20:] == [f"{m}:128:0:32" for m in args.methods]
     assert "topk:32:0:8" not in [j.key for j in plan(args, {"topk:32:0:8"})]
+    # the l1 warm-up control comes last, the larger dictionary first
+    args.methods.append("relu_l1_warmup")
+    assert [j.key for j in plan(args)][:24] == keys
+    assert [j.key for j in plan(args)][24:] == [f"relu_l1_warmup:{t}:0:{w}" for w in (32, 8) for t in (32, 128)]
 
 
 def test_explicit_jobs_replace_the_plan_in_their_order_and_bad_keys_fail_in_one_line():

@@ -74,16 +74,16 @@ def test_trainer_scales_l1_and_l2_during_the_warmup_only():
 
     def recording_loss(x):
         terms, h = loss(x)
-        seen.append(sae.penalty_scale)
+        seen.append(float(sae.penalty_scale))
         # the scaled terms are coefficient * scale * the unscaled sums
-        assert terms["l1"].item() == pytest.approx(0.3 * sae.penalty_scale * h.abs().sum(-1).mean().item(), rel=1e-5)
-        assert terms["l2"].item() == pytest.approx(0.2 * sae.penalty_scale * h.pow(2).sum(-1).mean().item(), rel=1e-5)
+        assert terms["l1"].item() == pytest.approx(0.3 * seen[-1] * h.abs().sum(-1).mean().item(), rel=1e-5)
+        assert terms["l2"].item() == pytest.approx(0.2 * seen[-1] * h.pow(2).sum(-1).mean().item(), rel=1e-5)
         return terms, h
 
     sae.loss_and_codes = recording_loss
     train(sae, TensorSource(torch.rand(64, 8)), TrainConfig(steps=5, batch_size=8, l1_warmup_steps=2, progress=False))
     assert seen == pytest.approx([0.5, 1.0, 1.0, 1.0, 1.0])
-    assert sae.penalty_scale == 1.0
+    assert float(sae.penalty_scale) == 1.0 and "penalty_scale" not in sae.state_dict()  # not a saved parameter
 
 
 def test_topk_without_auxk_has_no_aux_term_even_with_dead_latents():

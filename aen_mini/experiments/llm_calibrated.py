@@ -44,7 +44,7 @@ SLOPE = -1.5  # d log L0 / d log l1 before two probes measure it (ReLU+L1 and AE
 PROBE_EVAL_TOKENS = 1_000_000  # held-out tokens a probe's L0 is measured on
 # planning guesses until a run of the same kind is measured: ms per step at 4608 latents on an H200 (scaled with
 # the latents), seconds of compile and CUDA-graph capture per run, seconds of evaluation per run
-MS_GUESS = {"relu_l1": 0.75, "aen": 0.9, "topk": 2.0, "topk_noaux": 2.0}
+MS_GUESS = {"relu_l1": 0.75, "aen": 0.9, "topk": 2.0, "topk_noaux": 1.15, "relu_l1_warmup": 0.75}
 COMPILE_S, EVAL_S = 5.0, 8.0  # EVAL_S at 4608 latents, scaled with the square root of the latents
 
 
@@ -71,17 +71,22 @@ class Job:
 def plan(args: argparse.Namespace, done: set[str] = frozenset()) -> list[Job]:
     """The runs in priority order: the first seed at ``--latents`` (ReLU+L1, AEN and TopK + AuxK at every target);
     ReLU+L1 and AEN at ``--latents32`` and the smallest target (does AEN's starvation there survive matched L0?);
-    TopK without AuxK; TopK at ``--latents32``; the other seeds; ``--latents32``'s other targets."""
+    TopK without AuxK; TopK at ``--latents32``; the other seeds; ``--latents32``'s other targets; last, ReLU+L1 with
+    the l1 warm-up (the control for the warm-up AEN's delayed reweighting implies), first seed, larger dictionary
+    first."""
     s0, rest, small = args.seeds[0], args.seeds[1:], min(args.targets)
-    first = [m for m in args.methods if m != "topk_noaux"]
+    control = [m for m in args.methods if m == "relu_l1_warmup"]
+    methods = [m for m in args.methods if m not in control]
+    first = [m for m in methods if m != "topk_noaux"]
     jobs = [Job(m, t, s0, args.latents) for t in args.targets for m in first]
-    big = [Job(m, small, s0, args.latents32) for m in args.methods if m in ("relu_l1", "aen")] if args.latents32 else []
-    jobs += big + [Job("topk_noaux", t, s0, args.latents) for t in args.targets if "topk_noaux" in args.methods]
+    big = [Job(m, small, s0, args.latents32) for m in methods if m in ("relu_l1", "aen")] if args.latents32 else []
+    jobs += big + [Job("topk_noaux", t, s0, args.latents) for t in args.targets if "topk_noaux" in methods]
     if args.latents32:
-        jobs += [Job(m, small, s0, args.latents32) for m in args.methods if m.startswith("topk")]
-    jobs += [Job(m, t, s, args.latents) for s in rest for t in args.targets for m in args.methods]
+        jobs += [Job(m, small, s0, args.latents32) for m in methods if m.startswith("topk")]
+    jobs += [Job(m, t, s, args.latents) for s in rest for t in args.targets for m in methods]
     if args.latents32:
-        jobs += [Job(m, t, s0, args.latents32) for t in args.targets if t != small for m in args.methods]
+        jobs += [Job(m, t, s0, args.latents32) for t in args.targets if t != small for m in methods]
+    jobs += [Job(m, t, s0, w) for m in control for w in (args.latents32, args.latents) if w for t in args.targets]
     if getattr(args, "jobs", None):  # an explicit list replaces the priority order
         jobs = [Job.parse(k) for k in args.jobs]
     return [j for j in jobs if j.key not in done]
@@ -121,14 +126,14 @@ class Study:
     def train(self, job: Job, l1: float | None, steps: int) -> tuple[Any, dict[str, float]]:
         """One SAE of ``job`` with ``l1`` for ``steps`` steps; its timings (compile included, and per step)."""
         fields = method_settings(job.method, l1, job.target, steps)
-        variant = fields.pop("sae")
+        variant, l1_warmup = fields.pop("sae"), fields.pop("l1_warmup_steps", 0)
         hyper = {{"l1": "l1_coeff", "l2": "l2_coeff"}.get(k, k): v for k, v in fields.items()}
         sae = make_sae(variant, self.bench.model.d_model, job.d_sae, seed=job.seed,
                        dead_after_tokens=self.args.batch_size * max(1, steps // 20), **hyper).to(self.args.device)
         cfg = TrainConfig(steps=steps, batch_size=self.args.batch_size, lr=self.args.lr, seed=job.seed,
                           lr_warmup_steps=int(LR_WARMUP_FRAC * steps), lr_decay_start=0.8, device=self.args.device,
                           precision="bf16" if self.cuda else "fp32", fast=self.cuda, log_every=max(1, steps // 4),
-                          progress=False)
+                          l1_warmup_steps=l1_warmup, progress=False)
         if self.cuda:
             torch._dynamo.reset()  # one compile per run; no cache entries pile up past dynamo's recompile limit
         result = train(sae, DeviceBatches(self.bench.train_x, seed=job.seed), cfg)
@@ -187,7 +192,7 @@ class Study:
     def cost(self, job: Job) -> float:
         """Planned seconds for a job: probes (if it calibrates), the full run, compiles and its evaluation."""
         ms = self.ms.get((job.method, job.d_sae), MS_GUESS[job.method] * job.d_sae / 4608) if self.cuda else 0.0
-        probes = (job.method in ("relu_l1", "aen") and (job.method, job.target, job.d_sae) not in self.l1)
+        probes = not job.method.startswith("topk") and (job.method, job.target, job.d_sae) not in self.l1
         steps = self.steps * (1 + (MAX_PROBES + 2) / PROBE_FRACTION * probes)
         return steps * ms / 1000 + COMPILE_S * (1 + (MAX_PROBES + 1) * probes) + EVAL_S * math.sqrt(job.d_sae / 4608)
 

@@ -47,8 +47,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 MODEL = "smollm2-135m"
 HOOK = "blocks.15.hook_resid_post"
-METHODS = ("relu_l1", "topk", "topk_noaux", "aen")
-LABELS = {"relu_l1": "ReLU + L1", "topk": "TopK + AuxK", "topk_noaux": "TopK (no AuxK)", "aen": "AEN"}
+METHODS = ("relu_l1", "topk", "topk_noaux", "aen", "relu_l1_warmup")
+LABELS = {"relu_l1": "ReLU + L1", "topk": "TopK + AuxK", "topk_noaux": "TopK (no AuxK)", "aen": "AEN",
+          "relu_l1_warmup": "ReLU + L1, l1 warm-up"}
 AEN_SETTINGS = {"l2_ratio": recipes.L2_RATIO, "gamma": recipes.GAMMA, "ema_beta": recipes.EMA_BETA,  # one recipe
                 "ref_pct": recipes.REF_PCT, "warmup_start_frac": recipes.WARMUP_START_FRAC, "warmup_frac": recipes.WARMUP_FRAC}
 LR_WARMUP_FRAC = 0.16  # the authors' Pythia config: 4000 warm-up steps of 25000
@@ -65,6 +66,8 @@ def method_settings(method: str, l1: float | None, target: int, steps: int) -> d
         return {"sae": "topk", "k": target, "aux_coeff": 0.0}
     if method == "relu_l1":
         return {"sae": "relu_l1", "l1": l1}
+    if method == "relu_l1_warmup":  # the trainer's option (TrainConfig.l1_warmup_steps), not the SAE's
+        return {"sae": "relu_l1", "l1": l1, "l1_warmup_steps": int(recipes.L1_WARMUP_FRAC * steps)}
     return {"sae": "aen", "l1": l1, "l2": AEN_SETTINGS["l2_ratio"] * l1, "gamma": AEN_SETTINGS["gamma"],
             "ema_beta": AEN_SETTINGS["ema_beta"], "ref_pct": AEN_SETTINGS["ref_pct"],
             "warmup_start": int(AEN_SETTINGS["warmup_start_frac"] * steps),

@@ -12,7 +12,7 @@ from typing import Any
 from aen_mini.sae import SAE, make_sae
 from aen_mini.validate import check_choice
 
-__all__ = ["AUX_COEFF", "EMA_BETA", "GAMMA", "L2_RATIO", "MAIN_METHODS", "METHODS", "REF_PCT", "WARMUP_FRAC",
+__all__ = ["AUX_COEFF", "EMA_BETA", "GAMMA", "L1_WARMUP_FRAC", "L2_RATIO", "MAIN_METHODS", "METHODS", "REF_PCT", "WARMUP_FRAC",
            "WARMUP_START_FRAC", "Method", "build_sae", "dead_after_tokens", "hyperparameters", "method"]
 
 # Adaptive reweighting, following the authors: gamma = 1, top-1% reference, warm-up from 25% of training,
@@ -20,6 +20,9 @@ __all__ = ["AUX_COEFF", "EMA_BETA", "GAMMA", "L2_RATIO", "MAIN_METHODS", "METHOD
 # EMA with a 1000-step memory would still remember its initial value when the reweighting switches on.
 GAMMA, EMA_BETA, REF_PCT = 1.0, 0.99, 0.01
 WARMUP_START_FRAC, WARMUP_FRAC = 0.25, 0.25
+# The control for the implicit penalty warm-up AEN's delayed reweighting gives it: a plain linear l1 (and l2)
+# warm-up over the first half of training, where AEN's reweighting is fully on, offered to the other penalties.
+L1_WARMUP_FRAC = 0.5
 L2_RATIO = 0.1  # elastic net and AEN: l2_coeff = 0.1 l1_coeff (the authors keep l2 small relative to l1)
 AUX_COEFF = 1 / 32  # TopK's AuxK coefficient, with the default k_aux = d_in / 2 (Gao et al. 2024)
 FIXED_K_VARIANTS = ("topk", "batch_topk")

@@ -99,8 +99,9 @@ class SAE(nn.Module):
         # resampling and AuxK all read.
         self.register_buffer("tokens_since_fired", torch.zeros(self.n_latents, dtype=torch.long))
         # Multiplies the "l1" and "l2" terms: the trainer's coefficient warm-up (TrainConfig.l1_warmup_steps)
-        # sets it each step. Not a hyperparameter: 1 outside training.
-        self.penalty_scale = 1.0
+        # fills it each step. A tensor, so a compiled or CUDA-graph step reads its current value. Not a
+        # hyperparameter (not saved): 1 outside training.
+        self.register_buffer("penalty_scale", torch.ones(()), persistent=False)
 
     @property
     def n_latents(self) -> int:
@@ -156,6 +157,12 @@ class SAE(nn.Module):
         """The variant's terms, each already multiplied by its coefficient."""
         return {}
 
+    def scaled_penalties(self, h: torch.Tensor, pre: torch.Tensor, x: torch.Tensor,
+                         x_hat: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``penalties`` with "l1" and "l2" multiplied by the warm-up factor ``penalty_scale`` (what every loss uses)."""
+        return {name: t * self.penalty_scale.to(t.dtype) if name in ("l1", "l2") else t
+                for name, t in self.penalties(h, pre, x, x_hat).items()}
+
     def loss_and_codes(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """Named loss terms for a batch (``"loss"`` is their sum, the quantity that is minimised) and the batch's
         codes (detached), which ``after_step`` and the trainer's log read."""
@@ -164,9 +171,7 @@ class SAE(nn.Module):
         h = self.activation(pre)
         x_hat = self.decode(h)
         terms = {"mse": self.reconstruction_error(x, x_hat)}
-        terms.update(self.comms.reduce_penalties(self.penalties(h, pre, x, x_hat), self.penalty_reduction))
-        if self.penalty_scale != 1.0:
-            terms.update({name: terms[name] * self.penalty_scale for name in ("l1", "l2") if name in terms})
+        terms.update(self.comms.reduce_penalties(self.scaled_penalties(h, pre, x, x_hat), self.penalty_reduction))
         terms["loss"] = torch.stack(list(terms.values())).sum()
         return terms, h.detach()
 

@@ -60,8 +60,6 @@ class TrainConfig:
             check_nonnegative("grad_clip", self.grad_clip)
         check_choice("init", self.init, INITS)
         check_nonnegative_int("l1_warmup_steps", self.l1_warmup_steps)
-        if self.fast and self.l1_warmup_steps:
-            raise ValueError("l1_warmup_steps needs the standard step (fast=False): the fast step's graph fixes the penalty")
         check_choice("precision", self.precision, PRECISIONS)
         check_seed("seed", self.seed)
         try:

@@ -73,7 +73,7 @@ def fast_loss(sae: SAE, x: torch.Tensor, dtype: torch.dtype = torch.bfloat16) ->
     pre_c, x_c = pre.detach(), x.detach()
 
     def penalty_sum(codes: torch.Tensor) -> torch.Tensor:
-        return sum(sae.penalties(codes, pre_c, x_c, x_c).values(), codes.new_zeros(()))
+        return sum(sae.scaled_penalties(codes, pre_c, x_c, x_c).values(), codes.new_zeros(()))
 
     penalty_grad = torch.func.grad(penalty_sum)(h.to(wide))
     codes, zero_with_penalty_grad = _CodesWithPenaltyGrad.apply(pre, h, penalty_grad)
@@ -81,7 +81,7 @@ def fast_loss(sae: SAE, x: torch.Tensor, dtype: torch.dtype = torch.bfloat16) ->
     x_hat = sae.decode_atoms(codes) + b_dec
     terms = {"mse": sae.reconstruction_error(x, x_hat.to(wide))}
     # wide codes for the penalties: under torch.compile the cast is fused away, and the sums stay exact.
-    terms.update(sae.penalties(h.to(wide), pre, x, x_hat.to(wide)))
+    terms.update(sae.scaled_penalties(h.to(wide), pre, x, x_hat.to(wide)))
     terms["loss"] = torch.stack([t.to(wide) for t in terms.values()]).sum() + zero_with_penalty_grad
     return terms, h
 

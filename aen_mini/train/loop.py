@@ -154,7 +154,8 @@ def train(sae: SAE, source: ActivationSource, cfg: TrainConfig, *,
         elif step == 0 and cfg.init_b_dec:
             with torch.no_grad():
                 sae.b_dec.copy_(parallel.stats.batch_mean(x.float().mean(0)))
-        sae.penalty_scale = cfg.penalty_scale_at(step)
+        if step == start or step <= cfg.l1_warmup_steps:  # in place: a CUDA graph replays with the current value
+            sae.penalty_scale.fill_(cfg.penalty_scale_at(step))
         out = step_fn(x, cfg.lr_at(step))  # forward, backward, clipping, Adam and after_step
         pending.append(out.terms["loss"])
         if (step + 1) % check_every == 0 or step + 1 == cfg.steps:
@@ -178,7 +179,7 @@ def train(sae: SAE, source: ActivationSource, cfg: TrainConfig, *,
             parallel.save_checkpoint(cfg.checkpoint_path, sae, optimizer, _train_state(done, source, history, cfg, data))
         bar.update(1)
     bar.close()
-    sae.penalty_scale = 1.0
+    sae.penalty_scale.fill_(1.0)
     return TrainResult(sae, history, time.perf_counter() - t0)
 
 

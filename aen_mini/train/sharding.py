@@ -122,7 +122,7 @@ def shard_sae(sae: SAE, rank: int, world_size: int) -> SAE:
     local = cls(sae.cfg, latents=part, comms=ShardComms()).to(sae.W_dec.dtype)
     local.load_state_dict({name: t.narrow(cls.latent_state[name], part.start, part.stop - part.start)
                            if name in cls.latent_state else t for name, t in state.items()})
-    local.penalty_scale = sae.penalty_scale
+    local.penalty_scale = sae.penalty_scale  # the same tensor: the trainer's warm-up reaches every shard
     return local.to(sae.W_dec.device)
 
 
