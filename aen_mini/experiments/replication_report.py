@@ -2,6 +2,8 @@
 controlled study, the protocol differences and the related reports."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 from aen_mini.experiments.replication import (SIZES, Summary, _num, _paper_point, _same_points, summarise,
                                               training_window_dead)
 
@@ -18,6 +20,7 @@ def report_markdown(records: list[dict], metadata: dict, paper: list[dict] | dic
     and, for the authors' CSV, ``points`` (every run read, compared with ours at the same coefficients)."""
     paper_file = paper if isinstance(paper, dict) else {"records": paper or []}
     sizes = SIZES.get(metadata.get("size", "full"), SIZES["full"])
+    sizes = replace(sizes, dead_window=metadata.get("sizes", {}).get("dead_window", sizes.dead_window))  # as scored
     lines = ["# Replication of the spiked synthetic study (issue 11)", "",
              f"Device: {metadata.get('gpu') or metadata.get('device')}; torch {metadata.get('torch')}; commit "
              f"{metadata.get('git_commit')}; size {metadata.get('size')}; complete: {metadata.get('complete')}.", "",
