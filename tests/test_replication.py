@@ -227,3 +227,15 @@ def test_adaptive_lasso_picks_and_per_part_rhos_on_the_command_line(tmp_path):
         main(["--part-rhos", "authors=0.5"])
     with pytest.raises(SystemExit):
         main(["--part-rhos", "ours=high"])
+
+
+def test_centring_table_sets_each_centred_cell_next_to_the_same_uncentred_cell():
+    def rec(method, centred, dead, converged=True):
+        return {"protocol": "ours", "method": method, "init": "authors", "rho": 0.9, "centred": centred,
+                "dead_pct": dead, "l0": 16.0, "ev": 0.5, "support_f1": 0.4, "calibration_converged": converged}
+    centred = [rec("relu_l1", True, 10.0), rec("relu_l1", True, 20.0), rec("aen", True, 1.0)]
+    plain = [rec("relu_l1", False, 60.0, converged=False), rec("topk", False, 90.0)]
+    lines = RP.centring_table(centred, plain)
+    assert len(lines) == 4  # header, rule, one row per centred cell; topk (no centred cell) has none
+    assert "| relu_l1 | authors | 0.9 | 60.0 | 15.0 ± 7.1 | 16.0 ! | 16.0 ± 0.0 |" in lines[3]
+    assert lines[2].startswith("| aen | authors | 0.9 | – | 1.0 |")

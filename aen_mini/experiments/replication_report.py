@@ -7,7 +7,7 @@ from dataclasses import replace
 from aen_mini.experiments.replication import (SIZES, Summary, _num, _paper_point, _same_points, summarise,
                                               training_window_dead)
 
-__all__ = ["PROTOCOL_DIFFERENCES", "RELATED_REPORTS", "fmt_summary", "report_markdown"]
+__all__ = ["PROTOCOL_DIFFERENCES", "RELATED_REPORTS", "centring_table", "fmt_summary", "report_markdown"]
 
 
 def fmt_summary(s: Summary, digits: int = 1) -> str:
@@ -98,6 +98,28 @@ def report_markdown(records: list[dict], metadata: dict, paper: list[dict] | dic
     lines += [f"- {d}" for d in PROTOCOL_DIFFERENCES]
     lines += ["", "## Related reports", ""] + [f"- `{path}`: {what}" for path, what in RELATED_REPORTS]
     return "\n".join(lines) + "\n"
+
+
+def centring_table(records: list[dict], uncentred: list[dict]) -> list[str]:
+    """Every centred cell (method, init, rho) of ``records`` next to the same cell on uncentred data from
+    ``uncentred`` (other results files of the same size and protocol): dead %, L0, EV and support F1, mean ± std."""
+    keys = ("method", "init", "rho")
+    centred = [r for r in records if r["protocol"] == "ours" and r["centred"]]
+    plain = [r for r in uncentred if r["protocol"] == "ours" and not r["centred"]]
+    stats = {name: {m: summarise(rs, keys, m) for m in ("dead_pct", "l0", "ev", "support_f1")}
+             for name, rs in (("c", centred), ("u", plain))}
+    lines = ["| method | init | rho | dead %: uncentred | dead %: centred | L0: uncentred | L0: centred | "
+             "EV: uncentred | EV: centred | F1: uncentred | F1: centred |", "| --- " * 11 + "|"]
+    for key in sorted(stats["c"]["dead_pct"], key=lambda k: (k[2], k[1], k[0])):
+        flags = {name: "" if all(r["calibration_converged"] for r in rs if tuple(r[k] for k in keys) == key) else " !"
+                 for name, rs in (("c", centred), ("u", plain))}
+        cols = []
+        for metric, digits in (("dead_pct", 1), ("l0", 1), ("ev", 3), ("support_f1", 3)):
+            for name in ("u", "c"):
+                value = stats[name][metric].get(key)
+                cols.append("–" if value is None else fmt_summary(value, digits) + (flags[name] if metric == "l0" else ""))
+        lines.append(f"| {key[0]} | {key[1]} | {key[2]} | " + " | ".join(cols) + " |")
+    return lines
 
 
 # The other synthetic results of issue 11, written by their own commands.

@@ -17,7 +17,7 @@ from aen_mini.experiments.replication import (AUTHORS_GRID_NARROW, CENTRED_CELLS
                                               CONTROLLED_CELLS, PROTOCOLS, SIZES, Size, TARGET_L0, _write,
                                               csv_pick_grids, load_results)
 from aen_mini.experiments.report import provenance
-from aen_mini.experiments.replication_report import report_markdown
+from aen_mini.experiments.replication_report import centring_table, report_markdown
 from aen_mini.experiments.replication_grids import run_authors, run_controlled, speed_benchmark
 
 __all__ = ["main", "replication_metadata"]
@@ -54,6 +54,8 @@ def main(argv: list[str] | None = None, default_out: str = "benchmarks", prog: s
     parser.add_argument("--progress", action="store_true")
     parser.add_argument("--report-only", metavar="JSON", help="rewrite <out>/<JSON's name>.md from a results file")
     parser.add_argument("--notes", metavar="MD", help="with --report-only: hand-written notes appended to the report")
+    parser.add_argument("--compare", metavar="JSON", nargs="+", default=[],
+                        help="with --report-only: results files of uncentred cells, set next to the centred ones")
     parser.add_argument("--paper", metavar="JSON", default=None,
                         help="the paper's numbers: benchmarks/paper_spiked.json (the paper's table) or "
                              "benchmarks/paper_spiked_csv.json (their CSV, with every run read)")
@@ -64,7 +66,13 @@ def main(argv: list[str] | None = None, default_out: str = "benchmarks", prog: s
     if args.report_only:  # <out>/<name of the JSON>.md, then the hand-written notes if any
         records, metadata = load_results(args.report_only)
         notes = Path(args.notes).read_text() if args.notes else ""
-        text = report_markdown(records, metadata, paper) + ("\n" + notes if notes else "")
+        text = report_markdown(records, metadata, paper)
+        if args.compare:
+            uncentred = [r for path in args.compare for r in load_results(path)[0]]
+            text += ("\n## Centred against uncentred data (the same cells; uncentred: "
+                     + ", ".join(f"`{path}`" for path in args.compare) + ")\n\n"
+                     + "\n".join(centring_table(records, uncentred)) + "\n")
+        text += "\n" + notes if notes else ""
         atomic_write_text(out / (Path(args.report_only).stem + ".md"), text)
         return
     if args.device.startswith("cuda"):
