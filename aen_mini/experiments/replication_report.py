@@ -29,6 +29,8 @@ def report_markdown(records: list[dict], metadata: dict, paper: list[dict] | dic
              "magnitudes U[1, 3]), batches drawn on the device. Dead % = latents that never fire on "
              f"{sizes.dead_window:,} held-out samples. Mean ± std over seeds; **!** marks a cell where some seed's L0 "
              f"is more than 10 % from the target {sizes.k}.", ""]
+    if metadata.get("device_call"):
+        lines += [f"Run as: {metadata['device_call']}.", ""]
     if metadata.get("scope"):
         lines += [f"Scope: {metadata['scope']}", ""]
     authors = [r for r in records if r["protocol"] == "authors"]
@@ -131,6 +133,10 @@ RELATED_REPORTS = [
      "(narrowed grid), next to their CSV"),
     ("benchmarks/replication_full_ours.md", "the controlled study at full size on one H200, rho 0 / 0.3 / 0.5 / 0.7, "
      "3 seeds, with the five-rho results section (rho 0.9: replication_full_picks_ours.md)"),
+    ("benchmarks/replication_full_centred.md", "the centred cells at full size on one H200, rho 0 / 0.3 / 0.5 / 0.9, "
+     "3 seeds, next to the same cells on uncentred data"),
+    ("benchmarks/replication_full_picks_al.md", "the adaptive lasso under the authors' protocol at their picks, every "
+     "rho, 3 seeds, next to their CSV"),
     ("benchmarks/replication_full_collapse.md", "AEN's rho = 0 collapse at full size: reference set, clip, EMA rate"),
     ("benchmarks/replication_full_picks_ours_init.md", "AEN under the authors' protocol at their picks, with our init"),
     ("benchmarks/replication_speed.md", "one SAE and many SAEs as one batched model on one H200 (50,000 steps in 11.9 s)"),
