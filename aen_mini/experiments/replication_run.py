@@ -13,9 +13,9 @@ from typing import Any
 import torch
 
 from aen_mini.io.atomic import atomic_write_text
-from aen_mini.experiments.replication import (AUTHORS_GRID_NARROW, CENTRED_CELLS, CENTRED_WARMUP_CELLS, COLLAPSE_CELLS,
-                                              CONTROLLED_CELLS, PROTOCOLS, SIZES, Size, TARGET_L0, _write,
-                                              csv_pick_grids, load_results)
+from aen_mini.experiments.replication import (AUTHORS_GRID_GAMMA1, AUTHORS_GRID_NARROW, CENTRED_CELLS,
+                                              CENTRED_WARMUP_CELLS, COLLAPSE_CELLS, CONTROLLED_CELLS, PROTOCOLS, SIZES,
+                                              Size, TARGET_L0, _write, csv_pick_grids, load_results)
 from aen_mini.experiments.report import provenance
 from aen_mini.experiments.replication_report import centring_table, report_markdown
 from aen_mini.experiments.replication_grids import run_authors, run_controlled, speed_benchmark
@@ -48,6 +48,9 @@ def main(argv: list[str] | None = None, default_out: str = "benchmarks", prog: s
                         help="rhos of one controlled part instead of --rhos, e.g. collapse=0 centred=0.9,0,0.5")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--authors-rhos", nargs="+", type=float, default=[0.0, 0.9])
+    parser.add_argument("--authors-grid", choices=["full", "gamma1"], default="full",
+                        help="for the authors part: their whole grid, or gamma = 1 only without the adaptive lasso "
+                             "(AUTHORS_GRID_GAMMA1, the grid of the first CPU-scale run)")
     parser.add_argument("--budget-s", type=float, default=float("inf"), help="skip parts once this much time has passed")
     parser.add_argument("--workers", type=int, default=1, help="processes for the Hungarian matchings")
     parser.add_argument("--commit", default=None)
@@ -125,7 +128,9 @@ def _run_part(part: str, args: argparse.Namespace, size: Size, metadata: dict, t
     if part == "speed":
         metadata["speed"] = speed_benchmark(size, args.device, steps=max(10, int(50_000 * size.step_scale)))
     elif part == "authors":
-        records += run_authors(args.authors_rhos, args.seeds, size, args.device, args.workers, args.progress)
+        gamma1 = args.authors_grid == "gamma1"
+        records += run_authors(args.authors_rhos, args.seeds, size, args.device, args.workers, args.progress,
+                               AUTHORS_GRID_GAMMA1 if gamma1 else None, grid_name="gamma1" if gamma1 else None)
     elif part == "authors_narrow":  # every rho and seed on AUTHORS_GRID_NARROW, the file rewritten after each job
         relu = (("relu_l1", "elastic_net", "aen", "adaptive_lasso"),)
         for rhos in ([0.9, 0.0, 0.5], [0.3, 0.7]):
