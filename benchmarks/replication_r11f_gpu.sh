@@ -5,6 +5,9 @@
 #   C: the adaptive lasso under the authors' protocol at their CSV picks, every rho, 3 seeds;
 #   D: the centred cells at full size at rho 0, 0.3, 0.7 while time is left.
 # A runs alongside B and C (its jobs are tiny and launch-bound), so their wall times are not solo timings.
+# In the call of record (device time ran out at 275 s) A's files did not come back: the device returns at most
+# 8 files from $OUT and this script writes 3 per part. A was rerun on the CPU (benchmarks/replication.json);
+# D finished rho 0 and 0.3 (rho 0.7 was cut). A later call should write at most 8 files.
 # Usage: replication_r11f_gpu.sh OUT COMMIT DEVICE A_SIZE BC_SIZE END_S
 set -u
 OUT=$1; COMMIT=$2; DEV=$3; ASIZE=$4; BSIZE=$5; END=$6
