@@ -239,3 +239,16 @@ def test_centring_table_sets_each_centred_cell_next_to_the_same_uncentred_cell()
     assert len(lines) == 4  # header, rule, one row per centred cell; topk (no centred cell) has none
     assert "| relu_l1 | authors | 0.9 | 60.0 | 15.0 ± 7.1 | 16.0 ! | 16.0 ± 0.0 |" in lines[3]
     assert lines[2].startswith("| aen | authors | 0.9 | – | 1.0 |")
+
+
+def test_every_committed_controlled_cell_counts_dead_over_262144_held_out_samples():
+    """Issue 11 asks for dead % over >= 262,144 held-out samples in every cell of the controlled study."""
+    from pathlib import Path
+    root = Path(__file__).resolve().parent.parent / "benchmarks"
+    names = ("replication.json", "replication_full_ours.json", "replication_full_picks_ours.json",
+             "replication_full_centred.json", "replication_full_collapse.json")
+    for name in names:
+        records, meta = R.load_results(root / name)
+        ours = [r for r in records if r["protocol"] == "ours"]
+        assert ours and min(r["dead_window_samples"] for r in ours) >= 262_144, name
+        assert meta["sizes"]["dead_window"] >= 262_144, name
