@@ -126,10 +126,8 @@ def centring_table(records: list[dict], uncentred: list[dict]) -> list[str]:
 
 # The other synthetic results of issue 11, written by their own commands.
 RELATED_REPORTS = [
-    ("benchmarks/replication.md", "the calibrated controlled study at CPU scale, 3 seeds, dead % over 262,144 held-out "
-     "samples"),
-    ("benchmarks/replication_cpu_authors.md", "the authors' protocol at CPU scale, rho 0 and 0.9, 3 seeds (dead % over "
-     "65,536 held-out samples; an illustration superseded by the full-size run)"),
+    ("benchmarks/replication.md", "the calibrated controlled study and the authors' protocol at CPU scale, 3 seeds, "
+     "dead % over 262,144 held-out samples"),
     ("benchmarks/replication_full_authors.md", "the authors' protocol at full size on one H200 (rho = 0.9, one seed, "
      "their whole grid)"),
     ("benchmarks/replication_authors_3seeds.md", "the authors' protocol at full size on one H200, every rho, 3 seeds "
