@@ -249,6 +249,6 @@ def test_every_committed_controlled_cell_counts_dead_over_262144_held_out_sample
              "replication_full_centred.json", "replication_full_collapse.json")
     for name in names:
         records, meta = R.load_results(root / name)
-        ours = [r for r in records if r["protocol"] == "ours"]
-        assert ours and min(r["dead_window_samples"] for r in ours) >= 262_144, name
+        scored = [r for r in records if r["protocol"] == "ours" or name == "replication.json"]  # CPU scale: every part
+        assert scored and min(r["dead_window_samples"] for r in scored) >= 262_144, name
         assert meta["sizes"]["dead_window"] >= 262_144, name
