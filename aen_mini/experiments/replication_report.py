@@ -2,10 +2,12 @@
 controlled study, the protocol differences and the related reports."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 from aen_mini.experiments.replication import (SIZES, Summary, _num, _paper_point, _same_points, summarise,
                                               training_window_dead)
 
-__all__ = ["PROTOCOL_DIFFERENCES", "RELATED_REPORTS", "fmt_summary", "report_markdown"]
+__all__ = ["PROTOCOL_DIFFERENCES", "RELATED_REPORTS", "centring_table", "fmt_summary", "report_markdown"]
 
 
 def fmt_summary(s: Summary, digits: int = 1) -> str:
@@ -18,6 +20,7 @@ def report_markdown(records: list[dict], metadata: dict, paper: list[dict] | dic
     and, for the authors' CSV, ``points`` (every run read, compared with ours at the same coefficients)."""
     paper_file = paper if isinstance(paper, dict) else {"records": paper or []}
     sizes = SIZES.get(metadata.get("size", "full"), SIZES["full"])
+    sizes = replace(sizes, dead_window=metadata.get("sizes", {}).get("dead_window", sizes.dead_window))  # as scored
     lines = ["# Replication of the spiked synthetic study (issue 11)", "",
              f"Device: {metadata.get('gpu') or metadata.get('device')}; torch {metadata.get('torch')}; commit "
              f"{metadata.get('git_commit')}; size {metadata.get('size')}; complete: {metadata.get('complete')}.", "",
@@ -26,6 +29,8 @@ def report_markdown(records: list[dict], metadata: dict, paper: list[dict] | dic
              "magnitudes U[1, 3]), batches drawn on the device. Dead % = latents that never fire on "
              f"{sizes.dead_window:,} held-out samples. Mean ± std over seeds; **!** marks a cell where some seed's L0 "
              f"is more than 10 % from the target {sizes.k}.", ""]
+    if metadata.get("device_call"):
+        lines += [f"Run as: {metadata['device_call']}.", ""]
     if metadata.get("scope"):
         lines += [f"Scope: {metadata['scope']}", ""]
     authors = [r for r in records if r["protocol"] == "authors"]
@@ -97,15 +102,42 @@ def report_markdown(records: list[dict], metadata: dict, paper: list[dict] | dic
     return "\n".join(lines) + "\n"
 
 
+def centring_table(records: list[dict], uncentred: list[dict]) -> list[str]:
+    """Every centred cell (method, init, rho) of ``records`` next to the same cell on uncentred data from
+    ``uncentred`` (other results files of the same size and protocol): dead %, L0, EV and support F1, mean ± std."""
+    keys = ("method", "init", "rho")
+    centred = [r for r in records if r["protocol"] == "ours" and r["centred"]]
+    plain = [r for r in uncentred if r["protocol"] == "ours" and not r["centred"]]
+    stats = {name: {m: summarise(rs, keys, m) for m in ("dead_pct", "l0", "ev", "support_f1")}
+             for name, rs in (("c", centred), ("u", plain))}
+    lines = ["| method | init | rho | dead %: uncentred | dead %: centred | L0: uncentred | L0: centred | "
+             "EV: uncentred | EV: centred | F1: uncentred | F1: centred |", "| --- " * 11 + "|"]
+    for key in sorted(stats["c"]["dead_pct"], key=lambda k: (k[2], k[1], k[0])):
+        flags = {name: "" if all(r["calibration_converged"] for r in rs if tuple(r[k] for k in keys) == key) else " !"
+                 for name, rs in (("c", centred), ("u", plain))}
+        cols = []
+        for metric, digits in (("dead_pct", 1), ("l0", 1), ("ev", 3), ("support_f1", 3)):
+            for name in ("u", "c"):
+                value = stats[name][metric].get(key)
+                cols.append("–" if value is None else fmt_summary(value, digits) + (flags[name] if metric == "l0" else ""))
+        lines.append(f"| {key[0]} | {key[1]} | {key[2]} | " + " | ".join(cols) + " |")
+    return lines
+
+
 # The other synthetic results of issue 11, written by their own commands.
 RELATED_REPORTS = [
-    ("benchmarks/replication.md", "the calibrated controlled study and the authors' protocol at CPU scale, 3 seeds"),
+    ("benchmarks/replication.md", "the calibrated controlled study and the authors' protocol at CPU scale, 3 seeds, "
+     "dead % over 262,144 held-out samples"),
     ("benchmarks/replication_full_authors.md", "the authors' protocol at full size on one H200 (rho = 0.9, one seed, "
      "their whole grid)"),
     ("benchmarks/replication_authors_3seeds.md", "the authors' protocol at full size on one H200, every rho, 3 seeds "
      "(narrowed grid), next to their CSV"),
     ("benchmarks/replication_full_ours.md", "the controlled study at full size on one H200, rho 0 / 0.3 / 0.5 / 0.7, "
      "3 seeds, with the five-rho results section (rho 0.9: replication_full_picks_ours.md)"),
+    ("benchmarks/replication_full_centred.md", "the centred cells at full size on one H200, rho 0 / 0.3 / 0.5 / 0.9, "
+     "3 seeds, next to the same cells on uncentred data"),
+    ("benchmarks/replication_full_picks_al.md", "the adaptive lasso under the authors' protocol at their picks, every "
+     "rho, 3 seeds, next to their CSV"),
     ("benchmarks/replication_full_collapse.md", "AEN's rho = 0 collapse at full size: reference set, clip, EMA rate"),
     ("benchmarks/replication_full_picks_ours_init.md", "AEN under the authors' protocol at their picks, with our init"),
     ("benchmarks/replication_speed.md", "one SAE and many SAEs as one batched model on one H200 (50,000 steps in 11.9 s)"),

@@ -148,7 +148,7 @@ def report_markdown(records: list[dict], metadata: dict) -> str:
              "the calibration to L0 = 16 on seed 0 and the held-out dead window), every SAE trained by "
              "`aen_mini.train`, with and without dead-latent resampling (`aen_mini.train.resample`, every "
              f"{metadata.get('resample_every')} steps). TopK without AuxK; no warm-up. Dead % = latents that never "
-             f"fire on {SIZES[metadata['size']].dead_window:,} held-out samples. Mean ± std over seeds; **!** marks "
+             f"fire on {metadata['sizes']['dead_window']:,} held-out samples. Mean ± std over seeds; **!** marks "
              "a cell where some seed's L0 is more than 10 % from the target.", "",
              "| init | rho | method | seeds | L0 | dead % | EV | support F1 |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for key in sorted(cols["l0"], key=lambda k: (k[0] != "ours", k[1], k[2])):
