@@ -12,6 +12,7 @@ import torch
 
 from aen_mini.train.grid import GridConfig, GridRun, GridTrainer, SpikedStreams, train_grid
 from aen_mini.eval.metrics import explained_variance, support_scores
+from aen_mini.experiments import recipes
 from aen_mini.sae import make_sae
 from aen_mini.experiments.replication import (AUTHORS_GRID, AUTHORS_GRID_NARROW, CALIBRATION_POINTS, Cell, DENSITY_BINS,
                                               L1_GUESS, PROTOCOLS, Protocol, REL_TOL, Size, TARGET_L0,
@@ -197,7 +198,7 @@ def _controlled_job(jobs: list[tuple[Cell, float, int, float]], rho_streams: Spi
                     protocol: Protocol, size: Size, device: str, progress: bool) -> GridTrainer:
     runs = [GridRun(protocol_sae(cell.variant, size, protocol, seed, cell_hyper(cell, protocol, l1)),
                     stream=stream_of[(rho, seed)], init=cell.init,
-                    l1_warmup_steps=protocol.steps // 2 if cell.l1_warmup else 0) for cell, rho, seed, l1 in jobs]
+                    l1_warmup_steps=int(recipes.L1_WARMUP_FRAC * protocol.steps) if cell.l1_warmup else 0) for cell, rho, seed, l1 in jobs]
     _, trainer = train_grid(runs, rho_streams, _grid_config(protocol, device, max(1, protocol.steps // 30)), progress)
     return trainer
 
