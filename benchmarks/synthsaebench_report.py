@@ -66,7 +66,8 @@ def reading(report: dict[str, Any]) -> list[str]:
             trends.append((r["label"], b["mse"] / a["mse"] - 1, b["l0"] / a["l0"] - 1))
     if trends:
         lines.append("Over the last fifth of training, training MSE and L0 changed by " + "; ".join(
-            f"{name} {mse:+.0%} and {l0:+.0%}" for name, mse, l0 in trends) + ": no run had converged.")
+            f"{name} {mse:+.0%} and {l0:+.0%}" for name, mse, l0 in trends)
+            + (": no run had converged." if all(max(abs(m), abs(z)) > 0.05 for _, m, z in trends) else "."))
     off = [r["label"] for r in records if not r["calibration_converged"]]
     lines.append("Calibration: " + (f"not converged for {', '.join(off)} (flagged in the table)." if off else
                                      "every penalised method reached a held-out L0 within "
@@ -75,7 +76,7 @@ def reading(report: dict[str, Any]) -> list[str]:
         if r["variant"] == "batch_topk" and abs(r["l0"] / report["target_l0"] - 1) > 0.1:
             lines.append(f"BatchTopK is scored with its inference threshold (running mean of the smallest kept "
                          f"code), which gives L0 {r['l0']:.1f} rather than k = {report['target_l0']}.")
-    per_step = [r["train_s"] / r["steps"] / max(1, len(r["calibration_trials"])) for r in records]
+    per_step = [r["train_s"] / max(1, r["steps"]) / max(1, len(r["calibration_trials"])) for r in records]
     probe = report["timing"].get("probe") or {}
     if probe.get("sample_s_per_sample"):
         batch = p["batch_size"]
@@ -111,7 +112,9 @@ def markdown(report: dict[str, Any]) -> str:
         cal = "k fixed" if r["l1_coeff"] is None else (
             f"{r['l1_coeff']:.3g}, {'converged' if r['calibration_converged'] else '**not converged**'} "
             f"({len(r['calibration_trials'])}{', deadline' if r['calibration_stopped'] else ''})")
-        rows.append([r["label"], f"ours, {share:.2%} budget", f"{r['l0']:.1f}", f"{r['mcc']:.3f}", f"{r['f1']:.3f}",
+        own = r["training_samples"] / pub["training_samples"]
+        rows.append([r["label"], f"ours, {own:.2%} budget" + (" (stopped by the time limit)" if r.get("stopped_at_step") is not None
+                                                              else ""), f"{r['l0']:.1f}", f"{r['mcc']:.3f}", f"{r['f1']:.3f}",
                      f"{r['dead_pct']:.1f}", f"{r['ev']:.3f}", f"{r['uniqueness']:.3f}", cal])
     for name, row in PUBLISHED_L0_25.items():
         rows.append([name, "SAELens, published", 25, f"{row['mcc'][0]:.4f} ± {row['mcc'][1]:.4f}",
@@ -120,14 +123,17 @@ def markdown(report: dict[str, Any]) -> str:
     lines.append(markdown_table(["SAE", "source", "L0", "MCC", "F1", "dead %", "EV", "uniqueness",
                                  "l1 calibrated (trials)"], rows))
     lines += ["", *(f"- {line}" for line in reading(report))]
+    if report.get("stopped"):
+        lines += ["", f"Stopped by the time limit ({report['stopped']['budget_s']:g} s) after "
+                      f"{report['stopped']['at_batch']:,} batches: runs marked so were scored as they stood."]
     if report.get("skipped"):
         lines += ["", f"Not run (past the time limit of the run): {', '.join(report['skipped'])}."]
     lines += [
         "",
         "Differences from the published protocol: " + "; ".join([
             f"{share:.2%} of the training samples", "one seed", "our trainer (" + p["optimizer"] + "; " + p["init"] + ")",
-            f"l1 calibrated by separate full-length runs ({p['calibration']}) instead of a warm-up plus an "
-            "in-run autotuner", "TopK/BatchTopK with our AuxK (coefficient 1/32)",
+            f"l1 calibrated by {p.get('calibration_by', 'separate full-length runs')} ({p['calibration']}) instead "
+            "of a warm-up plus an in-run autotuner", "TopK/BatchTopK with our AuxK (coefficient 1/32)",
             "the 16k model rebuilt from its configuration, not downloaded"]) + ".",
         "",
         "What could not be run offline, and how it was worked around: " + " ".join(OFFLINE_NOTES),
