@@ -28,7 +28,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -36,121 +36,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import synthsaebench as bench  # noqa: E402 (puts the repo root on the path too)
-from aen_mini.eval.probes import (MAX_PROBES, PROBE_FRACTION, actual_drift, probe_calibration,  # noqa: E402
-                                  worst_case_probe_steps)
+from synthsaebench_cost import measure_costs, predict, print_estimate  # noqa: E402
+from synthsaebench_lanes import SideBySide  # noqa: E402
+from aen_mini.eval.probes import MAX_PROBES, PROBE_FRACTION, actual_drift  # noqa: E402
 from aen_mini.experiments import recipes  # noqa: E402
 from aen_mini.io.atomic import atomic_write_text  # noqa: E402
-from aen_mini.train.config import TrainConfig  # noqa: E402
-from aen_mini.train.lanes import Lane  # noqa: E402
-from aen_mini.train.step import WARMUP_STEPS  # noqa: E402
 
-SLOPE = -1.5  # d log L0 / d log l1 until two probes measure it (the LLM study's starting guess)
-TIMED_STEPS = {"cuda": 50, "cpu": 3}  # steps timed per method for the estimate, after compile and capture
-
-
-class ChunkedStream:
-    """Training batches sliced from chunks of ``chunk`` samples drawn from SAELens's sampler on a seeded RNG stream
-    of their own (``synthsaebench.SyntheticStream``): the same samples for every run with the same seed and chunk."""
-
-    def __init__(self, model: Any, seed: int, chunk: int, batch_size: int) -> None:
-        if chunk % batch_size:
-            raise ValueError(f"--chunk ({chunk}) must be a multiple of --batch-size ({batch_size})")
-        self.source, self.chunk, self.batch_size = bench.SyntheticStream(model, seed), chunk, batch_size
-        self._buffer, self._at, self.sample_s, self.batches = None, chunk, 0.0, 0
-
-    def next_batch(self) -> torch.Tensor:
-        if self._at >= self.chunk:
-            t0 = time.perf_counter()
-            self._buffer, self._at = self.source.next_batch(self.chunk), 0
-            bench._sync(str(self._buffer.device))
-            self.sample_s += time.perf_counter() - t0
-        x = self._buffer[self._at:self._at + self.batch_size]
-        self._at += self.batch_size
-        self.batches += 1
-        return x
-
-
-@dataclass
-class Run:
-    """A lane and what it is for: a calibration probe (``l1`` set, ends early) or a method's full run."""
-
-    method: str
-    probe: bool
-    lane: Lane
-    l1: float | None
-    started_at: int  # the stream's batch count when it started
-
-
-def make_lane(method: str, size: bench.Size, l1: float | None, steps: int, args: Any) -> Lane:
-    sae = bench.build_sae(method, size, l1 if l1 is not None else 0.0, steps, args.batch_size, args.seed)
-    cuda = args.device.startswith("cuda")
-    cfg = TrainConfig(steps=steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device,
-                      precision="bf16" if cuda else "fp32", fast=True, log_every=max(1, steps // 10), progress=False)
-    return Lane(sae, cfg)
-
-
-def measure_costs(model: Any, size: bench.Size, methods: list[str], args: Any) -> dict[str, Any]:
-    """Seconds per batch sampled one at a time, at the evaluation's batch and in chunks; per step of each method
-    (after its compile and capture, synchronised); and a lane's start-up (compile, capture) on this device."""
-    kind = "cuda" if args.device.startswith("cuda") else "cpu"
-    sample: dict[str, float] = {}
-    model.sample(args.batch_size)  # first-call costs (allocator, kernels) out of the timing
-    for n in sorted({args.batch_size, min(args.eval_samples, 8192), args.chunk}):
-        bench._sync(args.device)
-        t0 = time.perf_counter()
-        pool = model.sample(n)
-        bench._sync(args.device)
-        sample[str(n)] = (time.perf_counter() - t0) / (n / args.batch_size)  # seconds per batch of batch_size
-    pool = model.sample(4 * args.batch_size).to(args.device)
-    steps: dict[str, float] = {}
-    startup: dict[str, float] = {}
-    timed = TIMED_STEPS[kind]
-    for method in methods:
-        lane = make_lane(method, size, 1.0, WARMUP_STEPS + 2 + timed, args)
-        t0 = time.perf_counter()
-        for i in range(WARMUP_STEPS + 2):  # eager warm-up, capture, one replay
-            lane.step(pool[(i % 4) * args.batch_size:(i % 4 + 1) * args.batch_size])
-        bench._sync(args.device)
-        startup[method] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        for i in range(timed):
-            lane.step(pool[(i % 4) * args.batch_size:(i % 4 + 1) * args.batch_size])
-        bench._sync(args.device)
-        steps[method] = (time.perf_counter() - t0) / timed
-    return {"sample_s_per_batch": sample, "step_s": steps, "lane_startup_s": startup, "timed_steps": timed}
-
-
-def predict(costs: dict[str, Any], methods: list[str], args: Any) -> dict[str, Any]:
-    """Wall seconds of the whole run from measured costs: the worst case (every calibration takes its
-    ``MAX_PROBES`` probes and the drift probe) and the best (one probe and the drift probe)."""
-    n, calibrated = args.steps, [m for m in methods if recipes.method(bench.METHODS[m]).calibrated]
-    per_batch = costs["sample_s_per_batch"][str(args.chunk)]
-    eval_s = args.eval_samples / args.batch_size * costs["sample_s_per_batch"][str(min(args.eval_samples, 8192))]
-    out = {}
-    for case, probe_steps in (("worst", worst_case_probe_steps(n)), ("best", 3 * max(1, n // PROBE_FRACTION))):
-        stream = n + (probe_steps if calibrated else 0)
-        train = sum(costs["step_s"][m] * (n + (probe_steps if m in calibrated else 0)) for m in methods)
-        lanes = len(methods) + len(calibrated) * (MAX_PROBES + 1 if case == "worst" else 2)
-        startup = lanes * max(costs["lane_startup_s"].values())
-        out[case] = {"stream_batches": stream, "sampling_s": stream * per_batch, "training_s": train,
-                     "startup_s": startup, "eval_s": len(methods) * eval_s,
-                     "total_s": stream * per_batch + train + startup + len(methods) * eval_s}
-    out["one_pass_per_run_s"] = {  # the other command's way: a sampling pass per run, batches drawn one at a time
-        "per_batch_sampling_s": costs["sample_s_per_batch"][str(args.batch_size)],
-        "runs_worst": len(methods) - len(calibrated) + len(calibrated) * (MAX_PROBES + 2)}
-    return out
-
-
-def print_estimate(costs: dict[str, Any], prediction: dict[str, Any], args: Any) -> None:
-    s = costs["sample_s_per_batch"]
-    print("cost estimate on this device: sampling " + ", ".join(
-        f"{v * 1e3:.2f} ms per batch of {args.batch_size} drawn {int(k):,} at a time" for k, v in s.items())
-        + "; one step: " + ", ".join(f"{m} {v * 1e3:.2f} ms" for m, v in costs["step_s"].items()), flush=True)
-    for case in ("worst", "best"):
-        p = prediction[case]
-        print(f"  {case} case: {p['stream_batches']:,} batches sampled {p['sampling_s']:.0f} s + training "
-              f"{p['training_s']:.0f} s + lane start-up {p['startup_s']:.0f} s + evaluation {p['eval_s']:.0f} s "
-              f"= {p['total_s']:.0f} s ({p['total_s'] / 60:.1f} min)", flush=True)
 
 
 def calibration_record(result: dict[str, Any] | None, l0: float | None, args: Any, size: bench.Size) -> dict[str, Any]:
@@ -166,53 +57,6 @@ def calibration_record(result: dict[str, Any] | None, l0: float | None, args: An
             "probe_steps": result["probe_steps"], "drift_per_doubling": result["drift_per_doubling"],
             "predicted_drift": result["predicted_drift"],
             "actual_drift": actual_drift(result, l0) if l0 is not None else None}
-
-
-def train_side_by_side(model: Any, size: bench.Size, methods: list[str], x_cal: torch.Tensor, starts: dict[str, float],
-                       args: Any, t_start: float) -> dict[str, Any]:
-    """Every lane on one stream until all full runs end or ``--budget-s`` passes; returns the full runs, the
-    calibrations' results and probes, and whether (and where) the budget stopped it."""
-    n, stream = args.steps, ChunkedStream(model, args.seed, args.chunk, args.batch_size)
-    calibrations = {m: probe_calibration(size.target_l0, starts[m], SLOPE, n) for m in starts}
-    trials = {m: [] for m in starts}
-    results: dict[str, dict[str, Any]] = {}
-    runs = [Run(m, False, make_lane(m, size, None, n, args), None, 0) for m in methods if m not in starts]
-    for m, calibration in calibrations.items():
-        l1, steps = next(calibration)
-        runs.append(Run(m, True, make_lane(m, size, l1, steps, args), l1, 0))
-    finished: dict[str, Run] = {}
-    stopped = None
-    while runs:
-        if args.budget_s and stream.batches % 16 == 0 and time.perf_counter() - t_start > args.train_until_s:
-            stopped = {"at_batch": stream.batches, "after_s": time.perf_counter() - t_start}
-            break
-        x = stream.next_batch()
-        for run in runs:
-            run.lane.step(x)
-        for run in [r for r in runs if r.lane.finished]:
-            runs.remove(run)
-            if not run.probe:
-                finished[run.method] = run
-                continue
-            l0 = bench.held_out_l0(run.lane.sae.eval(), x_cal)
-            trials[run.method].append({"l1": run.l1, "steps": run.lane.cfg.steps, "l0": l0})
-            print(f"[{time.perf_counter() - t_start:6.0f} s] probe {run.method} l1 {run.l1:.4g}, "
-                  f"{run.lane.cfg.steps} steps -> L0 {l0:.2f}", flush=True)
-            try:
-                l1, steps = calibrations[run.method].send({"l0": l0, "train_s": run.lane.train_s,
-                                                           "started_at_batch": run.started_at})
-                runs.append(Run(run.method, True, make_lane(run.method, size, l1, steps, args), l1, stream.batches))
-            except StopIteration as done:
-                results[run.method] = done.value
-                print(f"  {run.method}: l1 {done.value['l1']:.4g} for the full run ({done.value['how']})", flush=True)
-                runs.append(Run(run.method, False, make_lane(run.method, size, done.value["l1"], n, args),
-                                done.value["l1"], stream.batches))
-    for run in runs:  # stopped by the budget: the full runs in progress are scored as they stand
-        if not run.probe:
-            finished[run.method] = run
-    return {"finished": finished, "results": results, "trials": trials, "stopped": stopped, "stream": stream,
-            "pending_probes": {r.method: {"l1": r.l1, "steps_done": r.lane.done, "steps": r.lane.cfg.steps}
-                               for r in runs if r.probe}}
 
 
 def run(args: Any) -> dict[str, Any]:
@@ -256,25 +100,45 @@ def train_and_score(sl: Any, model: Any, size: bench.Size, methods: list[str], e
     calibrated = [m for m in methods if recipes.method(bench.METHODS[m]).calibrated]
     starts = l1_starts(calibrated, x_cal, size, args)
     report = bench_report(model, size, methods, estimate, args)
-    side = train_side_by_side(model, size, methods, x_cal, starts, args, t_start)
-    stream = side["stream"]
-    report["timing"].update(sampling_s=stream.sample_s, stream_batches=stream.batches,
-                            training_wall_s=time.perf_counter() - t_start)
-    if side["stopped"]:
-        report["stopped"] = {**side["stopped"], "budget_s": args.budget_s, "pending_probes": side["pending_probes"]}
+    side = SideBySide(model, size, methods, x_cal, starts, args)
+    state = Path(args.state) if args.state else None
+    if state is not None and state.is_file():
+        side.restore(state)
+        print(f"continuing from {state}: batch {side.stream.batches:,}, {len(side.runs)} lanes running", flush=True)
+    else:
+        side.start()
+    stopped = side.run(t_start, args.train_until_s if args.budget_s else 0.0, args.stop_at_batch)
+    elapsed = time.perf_counter() - t_start
+    if stopped and state is not None:  # a later call goes on from here: nothing is scored yet
+        side.save(state, elapsed)
+        progress = {"stopped": stopped, "state": str(state), "wall_s_all_calls": side.elapsed_before_s + elapsed,
+                    "stream_batches": side.stream.batches, "lanes": {r.method: [r.probe, r.lane.done, r.lane.cfg.steps]
+                                                                     for r in side.runs},
+                    "probes": {m: side.probes(m) for m in starts}, "estimate": estimate}
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        atomic_write_text(Path(args.out) / "synthsaebench_progress.json", json.dumps(progress, indent=1) + "\n")
+        print(f"stopped at batch {side.stream.batches:,} after {elapsed:.0f} s; saved to {state}", flush=True)
+        return progress
+    stream = side.stream
+    report["timing"].update(sampling_s=stream.sample_s, stream_batches=stream.batches, training_wall_s=elapsed,
+                            wall_s_earlier_calls=side.elapsed_before_s)
+    if stopped:  # the full runs in progress are scored as they stand
+        side.finished.update({r.method: r for r in side.runs if not r.probe})
+        report["stopped"] = {**stopped, "budget_s": args.budget_s, "stop_at_batch": args.stop_at_batch,
+                             "pending_probes": side.pending_probes()}
     for method in methods:
-        run_ = side["finished"].get(method)
+        run_ = side.finished.get(method)
         if run_ is None:  # stopped while calibrating
-            probes = side["trials"][method]
+            probes = side.probes(method)
             report["skipped"] = report.get("skipped", []) + [
                 f"{method} (calibration unfinished at the budget after {len(probes)} probes)"]
             report.setdefault("unfinished_calibrations", {})[method] = {"probes": probes,
-                                                                        "in_progress": side["pending_probes"].get(method)}
+                                                                        "in_progress": side.pending_probes().get(method)}
             continue
         sae, lane = run_.lane.sae.eval(), run_.lane
         l0 = bench.held_out_l0(sae, x_cal)
         result = bench.score(sl, model, sae, args)
-        calibration = calibration_record(side["results"].get(method), l0, args, size)
+        calibration = calibration_record(side.results.get(method), l0, args, size)
         record = {"method": method, "label": bench.LABELS[method], "variant": recipes.method(bench.METHODS[method]).variant,
                   **calibration, "l2_coeff": getattr(sae, "l2_coeff", 0.0), "steps": lane.done,
                   "planned_steps": args.steps, "stopped_at_step": None if lane.finished else lane.done,
@@ -353,6 +217,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                              "steps cost the same; the 16k model's 100 steps take ~100 min on one CPU core)")
     parser.add_argument("--l1-from", default=None, help="an earlier synthsaebench.json whose l1 start the probes")
     parser.add_argument("--overwrite", action="store_true", help="replace results already in --out")
+    parser.add_argument("--stop-at-batch", type=int, default=0,
+                        help="if > 0: stop as --budget-s does once the stream has reached this many batches")
+    parser.add_argument("--state", default=None,
+                        help="a file: where a run stopped by --budget-s saves everything (nothing is scored), and "
+                             "where the next call with the same settings goes on from (a device call lasts <= 10 min)")
     args = parser.parse_args(argv)
     unused = [flag for flag, given in (("--stream", args.stream), ("--render", args.render),
                                        ("--deadline-s", args.deadline_s)) if given]

@@ -51,3 +51,21 @@ def test_a_lane_refuses_a_non_sae_and_stops_on_a_nonfinite_loss():
     with pytest.raises(NonFiniteLossError, match="at step 1"):
         lane.step(torch.full((4, 12), float("nan")))
     assert torch.equal(lane.sae.W_dec, before)  # the NaN never reached the weights
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_a_lane_continued_from_its_state_matches_one_run_through(fast):
+    data = torch.randn(30 * 8, 12)
+    cfg = TrainConfig(steps=30, batch_size=8, lr=3e-3, seed=0, log_every=5, l1_warmup_steps=20, fast=fast, progress=False)
+    batches = [data[i * 8:(i + 1) * 8] for i in range(30)]
+    through, first = Lane(_sae("aen", 2), cfg), Lane(_sae("aen", 2), cfg)
+    for x in batches:
+        through.step(x)
+    for x in batches[:12]:
+        first.step(x)
+    second = Lane(_sae("aen", 9), cfg, state=first.state_dict())  # another init: the state replaces it
+    for x in batches[12:]:
+        second.step(x)
+    for name, value in through.sae.state_dict().items():
+        assert torch.allclose(second.sae.state_dict()[name], value, atol=1e-6), name
+    assert [h["step"] for h in second.history] == [h["step"] for h in through.history] and second.finished

@@ -17,7 +17,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 import synthsaebench as bench  # noqa: E402
-import synthsaebench_shared as shared  # noqa: E402
+import synthsaebench_lanes as lanes  # noqa: E402
 from test_saelens import _saelens_python  # noqa: E402
 
 from aen_mini.experiments.recipes import WARMUP_FRAC, WARMUP_START_FRAC  # noqa: E402
@@ -151,6 +151,22 @@ def test_shared_stream_trains_every_lane_once_per_batch_with_probes_and_prints_i
     assert "probes side by side" in (tmp_path / "synthsaebench.md").read_text()
     again = _shared(saelens_python, tmp_path, "--chunk", "256")
     assert again.returncode != 0 and "pass --overwrite" in again.stderr  # results are not silently replaced
+    # the same run in two calls (a device call lasts at most 10 min): stopped at batch 50, saved, continued
+    split, state = tmp_path / "split", tmp_path / "split" / "state.pt"
+    first = _shared(saelens_python, split, "--chunk", "256", "--stop-at-batch", "50", "--state", str(state))
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert not (split / "synthsaebench.json").exists()  # nothing scored yet
+    assert json.loads((split / "synthsaebench_progress.json").read_text())["stream_batches"] == 50
+    second = _shared(saelens_python, split, "--chunk", "256", "--state", str(state))
+    assert second.returncode == 0, second.stderr[-3000:]
+    continued = {r["method"]: r for r in json.loads((split / "synthsaebench.json").read_text())["records"]}
+    for method, r in records.items():  # exactly the run straight through (fp32 on CPU)
+        for key in ("l1_coeff", "started_at_batch", "steps", "mcc", "f1", "l0", "dead_pct"):
+            assert continued[method][key] == (r[key] if r[key] is None else pytest.approx(r[key], rel=1e-6)), (method, key)
+        assert continued[method]["calibration_trials"] == [
+            {**t, "train_s": pytest.approx(t["train_s"], abs=1e9)} for t in r["calibration_trials"]]
+    other = _shared(saelens_python, split, "--chunk", "128", "--state", str(state), "--overwrite")
+    assert other.returncode != 0 and "other settings (chunk)" in other.stderr
 
 
 def test_shared_budget_stops_cleanly_and_writes_what_it_has(saelens_python, tmp_path):
@@ -178,11 +194,11 @@ def test_estimate_only_writes_measured_costs_and_refuses_a_changed_model_for_res
 
 
 def test_chunked_stream_slices_chunks_into_the_same_batches_every_time():
-    a = shared.ChunkedStream(_FakeModel(), seed=3, chunk=8, batch_size=4)
-    b = shared.ChunkedStream(_FakeModel(), seed=3, chunk=8, batch_size=4)
+    a = lanes.ChunkedStream(_FakeModel(), seed=3, chunk=8, batch_size=4)
+    b = lanes.ChunkedStream(_FakeModel(), seed=3, chunk=8, batch_size=4)
     xs = [a.next_batch() for _ in range(5)]
     assert all(torch.equal(x, b.next_batch()) for x in xs) and a.batches == 5
     assert torch.equal(torch.cat(xs[:2]), bench.SyntheticStream(_FakeModel(), seed=3).next_batch(8))  # one draw
     assert len({tuple(x[0].tolist()) for x in xs}) == 5  # fresh samples in every batch
     with pytest.raises(ValueError, match="multiple of --batch-size"):
-        shared.ChunkedStream(_FakeModel(), seed=3, chunk=6, batch_size=4)
+        lanes.ChunkedStream(_FakeModel(), seed=3, chunk=6, batch_size=4)

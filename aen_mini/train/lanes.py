@@ -10,6 +10,7 @@ and end at different batches (a calibration probe ends early; the full run start
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import torch
 
@@ -24,9 +25,10 @@ from aen_mini.validate import check_activations
 class Lane:
     """``lane.step(x)`` trains ``sae`` one step on ``x`` under ``cfg`` (its ``steps``, lr schedule, warm-ups and
     logging); ``finished`` after ``cfg.steps`` steps; ``history`` holds the logged records, ``train_s`` the time
-    spent in this lane's steps (the shared batches' sampling excluded)."""
+    spent in this lane's steps (the shared batches' sampling excluded). ``state``: a ``state_dict()`` of a lane of
+    the same SAE and config, to continue from (in a new process: the step is compiled and captured again)."""
 
-    def __init__(self, sae: SAE, cfg: TrainConfig) -> None:
+    def __init__(self, sae: SAE, cfg: TrainConfig, state: dict[str, Any] | None = None) -> None:
         if not isinstance(sae, SAE):
             raise TypeError(f"sae must be an aen_mini SAE (make_sae), got {type(sae).__name__}")
         _check_weights_dtype(sae, cfg)
@@ -34,11 +36,18 @@ class Lane:
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"device={cfg.device!r} but CUDA is not available here; use device='cpu'")
         parallel = SingleProcess()
+        if state is not None:
+            sae.load_state_dict(state["sae"])
         self.sae, loss_fn = parallel.prepare(sae, cfg)
         self.optimizer = torch.optim.Adam(self.sae.parameters(), lr=cfg.lr, betas=cfg.adam_betas)
+        if state is not None:
+            self.optimizer.load_state_dict(state["optimizer"])  # before make_step: the fused step adapts it
         self.step_fn = make_step(self.sae, self.optimizer, loss_fn, cfg, parallel)
         self.cfg, self.device, self.stats = cfg, device, parallel.stats
         self.done, self.history, self.train_s = 0, [], 0.0
+        if state is not None:
+            self.done, self.history, self.train_s = state["done"], list(state["history"]), state["train_s"]
+        self._start = self.done
         self._pending: list[torch.Tensor] = []
         self._check_every = (cfg.log_every or cfg.steps) if self.step_fn.checks_on_device else 1
 
@@ -53,7 +62,7 @@ class Lane:
         if step == 0:
             check_activations(x, self.sae.d_in, name="first training batch")
         x = x.to(self.device, non_blocking=True)
-        before_step(self.sae, x, step, 0, cfg, self.stats)
+        before_step(self.sae, x, step, self._start, cfg, self.stats)
         out = self.step_fn(x, cfg.lr_at(step))
         self._pending.append(out.terms["loss"])
         self.done = done = step + 1
@@ -66,6 +75,11 @@ class Lane:
         if done == cfg.steps:
             self.sae.penalty_scale.fill_(1.0)
         self.train_s += time.perf_counter() - t0
+
+    def state_dict(self) -> dict[str, Any]:
+        """What ``Lane(sae, cfg, state=...)`` needs to continue this lane exactly."""
+        return {"sae": self.sae.state_dict(), "optimizer": self.optimizer.state_dict(), "done": self.done,
+                "history": list(self.history), "train_s": self.train_s}
 
 
 __all__ = ["Lane"]
