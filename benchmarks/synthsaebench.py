@@ -10,7 +10,9 @@ On the GPU image (no sae-lens, no network) the committed run copied this folder,
         python3 benchmarks/synthsaebench.py --device cuda --budget-s 50 --deadline-s 95 --eval-samples 100000 \
         --commit SHA --out $OUT
 
-``--budget-s`` times sampling and training first and shortens the runs to fit; ``--stream`` samples batches as
+At the published budget use ``benchmarks/synthsaebench_shared.py`` (every SAE on one stream, drawn once, the fused
+step, calibration by short probes, runs carried across device calls). Here ``--budget-s`` times sampling and
+training first and shortens the runs to fit; ``--stream`` samples batches as
 training asks for them (the published 200M samples do not fit in memory); ``--render`` rewrites the .md from the .json.
 
 One process holds both sides: SAELens's synthetic model draws the data and scores the SAEs

@@ -10,9 +10,9 @@ from typing import Any
 import torch
 
 import synthsaebench as bench
-from aen_mini.eval.probes import MAX_PROBES, PROBE_FRACTION, worst_case_probe_steps
 from aen_mini.experiments import recipes
 from aen_mini.train.step import WARMUP_STEPS
+import synthsaebench_report as report
 from synthsaebench_lanes import make_lane
 
 TIMED_STEPS = {"cuda": 50, "cpu": 3}  # steps timed per method for the estimate, after compile and capture
@@ -58,24 +58,9 @@ def measure_costs(model: Any, size: bench.Size, methods: list[str], args: Any) -
 
 
 def predict(costs: dict[str, Any], methods: list[str], args: Any) -> dict[str, Any]:
-    """Wall seconds of the whole run from measured costs: the worst case (every calibration takes its
-    ``MAX_PROBES`` probes and the drift probe) and the best (one probe and the drift probe)."""
-    n, calibrated = args.steps, [m for m in methods if recipes.method(bench.METHODS[m]).calibrated]
-    per_batch = costs["sample_s_per_batch"][str(args.chunk)]
-    eval_s = args.eval_samples / args.batch_size * costs["sample_s_per_batch"][str(min(args.eval_samples, 8192))]
-    out = {}
-    for case, probe_steps in (("worst", worst_case_probe_steps(n)), ("best", 3 * max(1, n // PROBE_FRACTION))):
-        stream = n + (probe_steps if calibrated else 0)
-        train = sum(costs["step_s"][m] * (n + (probe_steps if m in calibrated else 0)) for m in methods)
-        lanes = len(methods) + len(calibrated) * (MAX_PROBES + 1 if case == "worst" else 2)
-        startup = lanes * max(costs["lane_startup_s"].values())
-        out[case] = {"stream_batches": stream, "sampling_s": stream * per_batch, "training_s": train,
-                     "startup_s": startup, "eval_s": len(methods) * eval_s,
-                     "total_s": stream * per_batch + train + startup + len(methods) * eval_s}
-    out["one_pass_per_run_s"] = {  # the other command's way: a sampling pass per run, batches drawn one at a time
-        "per_batch_sampling_s": costs["sample_s_per_batch"][str(args.batch_size)],
-        "runs_worst": len(methods) - len(calibrated) + len(calibrated) * (MAX_PROBES + 2)}
-    return out
+    """``synthsaebench_report.predict`` for this run's settings."""
+    calibrated = [m for m in methods if recipes.method(bench.METHODS[m]).calibrated]
+    return report.predict(costs, methods, calibrated, args.steps, args.batch_size, args.chunk, args.eval_samples)
 
 
 def print_estimate(costs: dict[str, Any], prediction: dict[str, Any], args: Any) -> None:

@@ -189,6 +189,11 @@ def test_estimate_only_writes_measured_costs_and_refuses_a_changed_model_for_res
     worst, best = cost["prediction"]["worst"], cost["prediction"]["best"]
     assert worst["total_s"] >= best["total_s"] > 0 and cost["orthogonalization_steps"] == 0
     assert not (tmp_path / "synthsaebench.json").exists()
+    (tmp_path / "synthsaebench.json").write_text((REPO / "benchmarks" / "synthsaebench.json").read_text())
+    bench.main(["--render", "--out", str(tmp_path)])  # the committed rows, now with the cost section
+    text = (tmp_path / "synthsaebench.md").read_text()
+    assert text.startswith((REPO / "benchmarks" / "synthsaebench.md").read_text().split("## Cost of the published")[0])
+    assert "## Cost of the published budget" in text and "Measured on CPU" in text and "Device calls" in text
     refused = _shared(saelens_python, tmp_path / "x", "--orthogonalization-steps", "0")
     assert refused.returncode != 0 and "only with --estimate-only" in refused.stderr
 
