@@ -8,9 +8,10 @@ Matched L0: TopK gets k = target. ReLU+L1 and AEN get l1 calibrated by short pro
 run): secant steps on log L0 against log l1 until a probe is within 8 % of the target (at most ``MAX_PROBES``), then
 one probe at twice that length measures how L0 drifts as the run grows, and the l1 of the full run is moved by that
 drift, extrapolated to the full length. The larger dictionary skips that probe: it starts from the smaller one's l1
-and takes the drift the smaller one's full run showed (its L0 against its probes' prediction). Every probe, the slope
-and the predicted and actual drift are recorded; the full run's held-out L0 decides ``calibration_converged`` (within ``--rel-tol``).
-Further seeds reuse the first seed's l1 moved by its full-run L0 along the probes' slope (no probes).
+and takes the drift the smaller one's full run showed (its L0 against its probes' prediction). Every probe, the
+slope and the predicted and actual drift are recorded; the full run's held-out L0 decides ``calibration_converged``
+(within ``--rel-tol``). Further seeds reuse the first seed's l1 moved by its full-run L0 along the probes' slope (no
+probes).
 """
 from __future__ import annotations
 
