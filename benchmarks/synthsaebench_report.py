@@ -214,7 +214,8 @@ DEVICE_CALLS = [
     "then the estimate is printed before training, the run stops in time, saves its state and writes "
     "synthsaebench_progress.json).",
     "Call 2, at once (the machine is given back after 30 s idle, and the state with it): the same command without "
-    "the tiny run, `--budget-s 580`. It continues from the state, and when every run has ended scores them and writes "
+    "the tiny run, `--budget-s 580`. It continues from the state (the costs are not measured again: the first call's "
+    "estimate is kept beside the state), and when every run has ended scores them and writes "
     "synthsaebench.json and .md to $OUT. If call 1's estimate exceeds ~1000 s, call 2 stops again with a new state: "
     "repeat it (each continuing call rebuilds the model, ~17 s, and recompiles its lanes, ~5 s each).",
     "Copy $OUT's files to benchmarks/ and commit them with the command, device and commit (the JSON records them).",

@@ -77,20 +77,29 @@ def run(args: Any) -> dict[str, Any]:
     model = sl.SyntheticModel(bench.model_config(sl, size), device=args.device)
     build_s = time.perf_counter() - t_start
     methods = list(args.methods)
-    costs = measure_costs(model, size, methods, args)
-    prediction = predict(costs, methods, args)
-    print_estimate(costs, prediction, args)
+    saved = Path(f"{args.state}.estimate.json") if args.state else None
+    if saved is not None and saved.is_file() and not args.estimate_only:  # a continuing call: measured by the first
+        estimate = json.loads(saved.read_text())
+        print(f"cost estimate of the first call ({saved}):", flush=True)
+        print_estimate(estimate["costs"], estimate["prediction"], args)
+    else:
+        costs = measure_costs(model, size, methods, args)
+        prediction = predict(costs, methods, args)
+        print_estimate(costs, prediction, args)
+        estimate = {"costs": costs, "prediction": prediction, "model_build_s": build_s, "steps": args.steps,
+                    "batch_size": args.batch_size, "chunk": args.chunk, "methods": methods,
+                    "size": args.size, "orthogonalization_steps": size.orthogonalization_steps,
+                    "environment": {"device": bench._device_name(args.device), "torch": torch.__version__,
+                                    "sae_lens": sl.version, "commit": args.commit, "command": " ".join(sys.argv)}}
     # training stops early enough to leave the predicted scoring time inside the budget
-    args.train_until_s = args.budget_s - prediction["worst"]["eval_s"]
-    estimate = {"costs": costs, "prediction": prediction, "model_build_s": build_s, "steps": args.steps,
-                "batch_size": args.batch_size, "chunk": args.chunk, "methods": methods,
-                "size": args.size, "orthogonalization_steps": size.orthogonalization_steps,
-                "environment": {"device": bench._device_name(args.device), "torch": torch.__version__,
-                                "sae_lens": sl.version, "commit": args.commit, "command": " ".join(sys.argv)}}
+    args.train_until_s = args.budget_s - estimate["prediction"]["worst"]["eval_s"]
     if args.estimate_only:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "synthsaebench_cost.json", json.dumps(estimate, indent=1) + "\n")
         return estimate
+    if saved is not None and not saved.is_file():
+        saved.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(saved, json.dumps(estimate, indent=1) + "\n")
     return train_and_score(sl, model, size, methods, estimate, args, t_start)
 
 

@@ -159,6 +159,7 @@ def test_shared_stream_trains_every_lane_once_per_batch_with_probes_and_prints_i
     assert json.loads((split / "synthsaebench_progress.json").read_text())["stream_batches"] == 50
     second = _shared(saelens_python, split, "--chunk", "256", "--state", str(state))
     assert second.returncode == 0, second.stderr[-3000:]
+    assert "cost estimate of the first call" in second.stdout  # not measured again: device time
     continued = {r["method"]: r for r in json.loads((split / "synthsaebench.json").read_text())["records"]}
     for method, r in records.items():  # exactly the run straight through (fp32 on CPU)
         for key in ("l1_coeff", "started_at_batch", "steps", "mcc", "f1", "l0", "dead_pct"):
