@@ -129,6 +129,8 @@ def train_and_score(sl: Any, model: Any, size: bench.Size, methods: list[str], e
         print(f"stopped at batch {side.stream.batches:,} after {elapsed:.0f} s; saved to {state}", flush=True)
         return progress
     stream = side.stream
+    Path(args.out).mkdir(parents=True, exist_ok=True)  # this run's measured costs: the report's cost section reads them
+    atomic_write_text(Path(args.out) / "synthsaebench_cost.json", json.dumps(estimate, indent=1) + "\n")
     report["timing"].update(sampling_s=stream.sample_s, stream_batches=stream.batches, training_wall_s=elapsed,
                             wall_s_earlier_calls=side.elapsed_before_s)
     if stopped:  # the full runs in progress are scored as they stand

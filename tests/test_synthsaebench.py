@@ -149,6 +149,7 @@ def test_shared_stream_trains_every_lane_once_per_batch_with_probes_and_prints_i
     estimate = report["timing"]["cost_estimate"]["worst"]
     assert estimate["stream_batches"] == 160 + 5 * 20 >= batches
     assert "probes side by side" in (tmp_path / "synthsaebench.md").read_text()
+    assert "## Cost of the published budget" in (tmp_path / "synthsaebench.md").read_text()  # this run's costs
     again = _shared(saelens_python, tmp_path, "--chunk", "256")
     assert again.returncode != 0 and "pass --overwrite" in again.stderr  # results are not silently replaced
     # the same run in two calls (a device call lasts at most 10 min): stopped at batch 50, saved, continued
