@@ -10,7 +10,9 @@ On the GPU image (no sae-lens, no network) the committed run copied this folder,
         python3 benchmarks/synthsaebench.py --device cuda --budget-s 50 --deadline-s 95 --eval-samples 100000 \
         --commit SHA --out $OUT
 
-``--budget-s`` times sampling and training first and shortens the runs to fit; ``--stream`` samples batches as
+At the published budget use ``benchmarks/synthsaebench_shared.py`` (every SAE on one stream, drawn once, the fused
+step, calibration by short probes, runs carried across device calls). Here ``--budget-s`` times sampling and
+training first and shortens the runs to fit; ``--stream`` samples batches as
 training asks for them (the published 200M samples do not fit in memory); ``--render`` rewrites the .md from the .json.
 
 One process holds both sides: SAELens's synthetic model draws the data and scores the SAEs
@@ -328,8 +330,9 @@ def _device_name(device: str) -> str:
     return f"CPU ({platform.processor() or platform.machine()})"
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(prog="benchmarks/synthsaebench.py", description=__doc__.split("\n\n")[0])
+def build_parser(prog: str = "benchmarks/synthsaebench.py", description: str | None = None) -> argparse.ArgumentParser:
+    """The command line of this run (benchmarks/synthsaebench_shared.py adds its own options to it)."""
+    parser = argparse.ArgumentParser(prog=prog, description=description or __doc__.split("\n\n")[0])
     parser.add_argument("--size", choices=sorted(SIZES), default="16k")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--methods", nargs="+", choices=list(METHODS),
@@ -352,7 +355,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--render", action="store_true",
                         help="only rewrite OUT/synthsaebench.md from OUT/synthsaebench.json (no run)")
     parser.add_argument("--out", default="benchmarks")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = build_parser().parse_args(argv)
     if args.render:
         report = json.loads((Path(args.out) / "synthsaebench.json").read_text())
         write(report, Path(args.out))

@@ -147,7 +147,7 @@ def test_explicit_jobs_replace_the_plan_in_their_order_and_bad_keys_fail_in_one_
 
 
 def test_secant_step_follows_the_measured_slope_and_falls_back_on_an_implausible_one():
-    from aen_mini.experiments.llm_calibrated import secant_l1
+    from aen_mini.eval.probes import secant_l1
 
     one = [{"l1": 1.0, "l0": 64.0}]
     l1, slope = secant_l1(one, 32.0, -1.0)  # L0 halves when l1 doubles

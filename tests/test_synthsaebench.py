@@ -17,6 +17,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 import synthsaebench as bench  # noqa: E402
+import synthsaebench_lanes as lanes  # noqa: E402
 from test_saelens import _saelens_python  # noqa: E402
 
 from aen_mini.experiments.recipes import WARMUP_FRAC, WARMUP_START_FRAC  # noqa: E402
@@ -113,3 +114,98 @@ def test_stream_repeats_its_samples_for_every_run_without_touching_the_global_rn
     resumed.load_state_dict(a.state_dict())  # a resumed run continues where the saved one stopped
     assert torch.equal(resumed.next_batch(4), a.next_batch(4))
     assert not torch.equal(bench.SyntheticStream(_FakeModel(), seed=6).next_batch(4), first[0])
+
+
+def _shared(saelens_python: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    """benchmarks/synthsaebench_shared.py at tiny size in the sae-lens venv."""
+    cmd = [str(saelens_python), str(REPO / "benchmarks" / "synthsaebench_shared.py"), "--size", "tiny", "--steps", "160",
+           "--batch-size", "64", "--lr", "3e-3", "--calib-samples", "512", "--eval-samples", "1024", "--out", str(out),
+           *extra]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def test_shared_stream_trains_every_lane_once_per_batch_with_probes_and_prints_its_cost_first(saelens_python, tmp_path):
+    run = _shared(saelens_python, tmp_path, "--chunk", "256")
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.index("cost estimate on this device") < run.stdout.index("probe ")  # printed before training
+    report = json.loads((tmp_path / "synthsaebench.json").read_text())
+    records = {r["method"]: r for r in report["records"]}
+    assert set(records) == set(bench.METHODS) and "stopped" not in report
+    batches = report["timing"]["stream_batches"]
+    for method, r in records.items():
+        assert r["steps"] == 160 and r["stopped_at_step"] is None and 0 < r["mcc"] <= 1, method
+        assert r["history"][-1]["step"] == 160
+        if r["l1_coeff"] is None:
+            assert r["started_at_batch"] == 0
+            continue
+        probes = r["calibration_trials"]  # short probes of 160 // 8 steps, the last one (drift) twice as long
+        assert [t["steps"] for t in probes[:-1]] == [20] * (len(probes) - 1) and probes[-1]["steps"] == 40
+        assert 2 <= len(probes) <= 4 and r["predicted_drift"] is not None
+        # the full run starts on the batch after its last probe ends: the probes ran on the same stream, in sequence
+        assert r["started_at_batch"] == sum(t["steps"] for t in probes)
+        assert r["calibration_converged"] == (abs(r["calibration_l0"] / 5 - 1) <= 0.1)
+    # one stream for all: as long as the longest chain of probes plus a full run, not the sum of the runs
+    assert batches == max(r["started_at_batch"] for r in records.values()) + 160
+    estimate = report["timing"]["cost_estimate"]["worst"]
+    assert estimate["stream_batches"] == 160 + 5 * 20 >= batches
+    assert "probes side by side" in (tmp_path / "synthsaebench.md").read_text()
+    assert "## Cost of the published budget" in (tmp_path / "synthsaebench.md").read_text()  # this run's costs
+    again = _shared(saelens_python, tmp_path, "--chunk", "256")
+    assert again.returncode != 0 and "pass --overwrite" in again.stderr  # results are not silently replaced
+    # the same run in two calls (a device call lasts at most 10 min): stopped at batch 50, saved, continued
+    split, state = tmp_path / "split", tmp_path / "split" / "state.pt"
+    first = _shared(saelens_python, split, "--chunk", "256", "--stop-at-batch", "50", "--state", str(state))
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert not (split / "synthsaebench.json").exists()  # nothing scored yet
+    assert json.loads((split / "synthsaebench_progress.json").read_text())["stream_batches"] == 50
+    second = _shared(saelens_python, split, "--chunk", "256", "--state", str(state))
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "cost estimate of the first call" in second.stdout  # not measured again: device time
+    continued = {r["method"]: r for r in json.loads((split / "synthsaebench.json").read_text())["records"]}
+    for method, r in records.items():  # exactly the run straight through (fp32 on CPU)
+        for key in ("l1_coeff", "started_at_batch", "steps", "mcc", "f1", "l0", "dead_pct"):
+            assert continued[method][key] == (r[key] if r[key] is None else pytest.approx(r[key], rel=1e-6)), (method, key)
+        assert continued[method]["calibration_trials"] == [
+            {**t, "train_s": pytest.approx(t["train_s"], abs=1e9)} for t in r["calibration_trials"]]
+    other = _shared(saelens_python, split, "--chunk", "128", "--state", str(state), "--overwrite")
+    assert other.returncode != 0 and "other settings (chunk)" in other.stderr
+
+
+def test_shared_budget_stops_cleanly_and_writes_what_it_has(saelens_python, tmp_path):
+    run = _shared(saelens_python, tmp_path, "--budget-s", "0.001")
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = json.loads((tmp_path / "synthsaebench.json").read_text())
+    assert report["stopped"]["at_batch"] == 0
+    assert {r["method"] for r in report["records"]} == {"topk", "batch_topk"}  # the runs in progress, as they stand
+    assert all(r["stopped_at_step"] == 0 and r["training_samples"] == 0 for r in report["records"])
+    assert set(report["unfinished_calibrations"]) == {"relu_l1", "aen", "elastic_net"}
+    text = (tmp_path / "synthsaebench.md").read_text()
+    assert "(stopped by the time limit)" in text and "calibration unfinished at the budget" in text
+
+
+def test_estimate_only_writes_measured_costs_and_refuses_a_changed_model_for_results(saelens_python, tmp_path):
+    run = _shared(saelens_python, tmp_path, "--estimate-only", "--orthogonalization-steps", "0")
+    assert run.returncode == 0, run.stderr[-3000:]
+    cost = json.loads((tmp_path / "synthsaebench_cost.json").read_text())
+    assert set(cost["costs"]["step_s"]) == set(bench.METHODS) and all(v > 0 for v in cost["costs"]["step_s"].values())
+    worst, best = cost["prediction"]["worst"], cost["prediction"]["best"]
+    assert worst["total_s"] >= best["total_s"] > 0 and cost["orthogonalization_steps"] == 0
+    assert not (tmp_path / "synthsaebench.json").exists()
+    (tmp_path / "synthsaebench.json").write_text((REPO / "benchmarks" / "synthsaebench.json").read_text())
+    bench.main(["--render", "--out", str(tmp_path)])  # the committed rows, now with the cost section
+    text = (tmp_path / "synthsaebench.md").read_text()
+    assert text.startswith((REPO / "benchmarks" / "synthsaebench.md").read_text().split("## Cost of the published")[0])
+    assert "## Cost of the published budget" in text and "Measured on CPU" in text and "Device calls" in text
+    refused = _shared(saelens_python, tmp_path / "x", "--orthogonalization-steps", "0")
+    assert refused.returncode != 0 and "only with --estimate-only" in refused.stderr
+
+
+def test_chunked_stream_slices_chunks_into_the_same_batches_every_time():
+    a = lanes.ChunkedStream(_FakeModel(), seed=3, chunk=8, batch_size=4)
+    b = lanes.ChunkedStream(_FakeModel(), seed=3, chunk=8, batch_size=4)
+    xs = [a.next_batch() for _ in range(5)]
+    assert all(torch.equal(x, b.next_batch()) for x in xs) and a.batches == 5
+    assert torch.equal(torch.cat(xs[:2]), bench.SyntheticStream(_FakeModel(), seed=3).next_batch(8))  # one draw
+    assert len({tuple(x[0].tolist()) for x in xs}) == 5  # fresh samples in every batch
+    with pytest.raises(ValueError, match="multiple of --batch-size"):
+        lanes.ChunkedStream(_FakeModel(), seed=3, chunk=6, batch_size=4)

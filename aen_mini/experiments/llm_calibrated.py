@@ -4,13 +4,14 @@ per step, fused Adam) on the shared bf16 harvest, in a priority order under a de
 ``benchmarks/llm.py`` is its command line (settings, harvest and evaluation: ``llm_study.py``).
 
 Matched L0: TopK gets k = target. ReLU+L1 and AEN get l1 calibrated by short probes with the same schedule shape
-(1/8 of the steps; the lr warm-up and decay and AEN's reweighting warm-up scale with the run): secant steps on
-log L0 against log l1 until a probe is within 8 % of the target (at most ``MAX_PROBES``), then one probe at twice
-that length measures how L0 drifts as the run grows, and the l1 of the full run is moved by that drift, extrapolated
-to the full length. The larger dictionary skips that probe: it starts from the smaller one's l1 and takes the drift
-the smaller one's full run showed (its L0 against its probes' prediction). Every probe, the slope and the predicted
-and actual drift are recorded; the full run's held-out L0 decides ``calibration_converged`` (within ``--rel-tol``).
-Further seeds reuse the first seed's l1 moved by its full-run L0 along the probes' slope (no probes).
+(``aen_mini.eval.probes``: 1/8 of the steps; the lr warm-up and decay and AEN's reweighting warm-up scale with the
+run): secant steps on log L0 against log l1 until a probe is within 8 % of the target (at most ``MAX_PROBES``), then
+one probe at twice that length measures how L0 drifts as the run grows, and the l1 of the full run is moved by that
+drift, extrapolated to the full length. The larger dictionary skips that probe: it starts from the smaller one's l1
+and takes the drift the smaller one's full run showed (its L0 against its probes' prediction). Every probe, the
+slope and the predicted and actual drift are recorded; the full run's held-out L0 decides ``calibration_converged``
+(within ``--rel-tol``). Further seeds reuse the first seed's l1 moved by its full-run L0 along the probes' slope (no
+probes).
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from typing import Any
 import torch
 
 from aen_mini.eval.metrics import evaluate_in_batches
+from aen_mini.eval.probes import MAX_PROBES, PROBE_FRACTION, actual_drift, probe_calibration, run_probes
 from aen_mini.experiments.llm_report import write_markdown
 from aen_mini.experiments.llm_study import (HOOK, LABELS, LR_WARMUP_FRAC, MODEL, DeviceBatches, Harvest, metadata,
                                             method_settings, parse_args, sync)
@@ -34,9 +36,6 @@ from aen_mini.train.config import TrainConfig
 from aen_mini.train.grid_tensor import passes
 from aen_mini.train.loop import train
 
-PROBE_FRACTION = 8  # a probe runs 1/8 of the full run's steps
-PROBE_TOL = 0.08  # a probe this close to the target ends the search
-MAX_PROBES = 3
 # what each call of a continued study keeps of its own metadata (notes: provenance added to a call's file by hand)
 CALL_KEYS = ("command", "wall_s", "n_sae", "cut", "code_note", "device_seconds_used")
 DESIGN_KEYS = ("methods", "seeds", "targets", "latents32")  # the study's plan, as opposed to one call's
@@ -98,17 +97,6 @@ def held_l0(sae: Any, x: torch.Tensor, chunk: int = 65_536) -> float:
         return sum(float((sae.encode(part) > 0).sum()) for part in x.split(chunk)) / len(x)
 
 
-def secant_l1(trials: list[dict[str, float]], target: float, slope: float) -> tuple[float, float]:
-    """The next l1 to try and the slope used: from the last trial along the slope the last two trials measured (if
-    it is a plausible one), or along ``slope``; the step is kept within a factor of 5."""
-    last = trials[-1]
-    if len(trials) >= 2 and trials[-2]["l1"] != last["l1"]:
-        fitted = math.log(last["l0"] / trials[-2]["l0"]) / math.log(last["l1"] / trials[-2]["l1"])
-        slope = fitted if -6.0 <= fitted <= -0.2 else slope
-    step = (target / max(last["l0"], 1e-3)) ** (1.0 / slope)
-    return last["l1"] * min(5.0, max(0.2, step)), slope
-
-
 class Study:
     """The shared harvest, the runs, what was measured of them (ms per step, l1 per setting) and the records."""
 
@@ -145,35 +133,21 @@ class Study:
             self.ms[(job.method, job.d_sae)] = ms
         return sae, {"wall_s": result.wall_s, "step_ms": ms, "warmup_s": max(0.0, h[0][1] - h[0][0] * ms / 1000)}
 
-    def probe(self, job: Job, l1: float, steps: int, trials: list[dict[str, float]]) -> float:
+    def probe(self, job: Job, l1: float, steps: int) -> dict[str, float]:
         sae, timing = self.train(job, l1, steps)
         l0 = held_l0(sae, self.bench.held_x[:PROBE_EVAL_TOKENS])
-        trials.append({"l1": l1, "steps": steps, "l0": l0, "wall_s": timing["wall_s"]})
         print(f"[{self.bench.elapsed():5.0f} s]   probe {LABELS[job.method]} {job.d_sae} target {job.target}: l1 "
               f"{l1:.4g}, {steps} steps -> L0 {l0:.1f} ({timing['wall_s']:.1f} s)", flush=True)
-        return l0
+        return {"l0": l0, "wall_s": timing["wall_s"]}
 
     def calibrate(self, job: Job, l1: float, slope: float, drift: float | None = None) -> dict[str, Any]:
         """The l1 for the full run from probes (module docstring); ``drift``: the full run's L0 over the probes', if
         known (then no drift probe)."""
-        t, full = time.perf_counter(), self.steps
-        p, trials = max(1, full // PROBE_FRACTION), []
-        for i in range(MAX_PROBES):
-            l0 = self.probe(job, l1, p, trials)
-            if abs(l0 / job.target - 1) <= PROBE_TOL or i + 1 == MAX_PROBES:
-                break
-            l1, slope = secant_l1(trials, job.target, slope)
-        best = min(trials, key=lambda r: abs(math.log(max(r["l0"], 1e-3) / job.target)))
-        per_doubling, how = None, f"the drift of the {self.args.latents}-latent run"
-        if drift is None:
-            drift, how = 1.0, f"drift at {2 * p}, extrapolated to {full} steps"
-            if full >= 2 * p and full > p:
-                per_doubling = self.probe(job, best["l1"], 2 * p, trials) / max(best["l0"], 1e-3)
-                drift = min(2.5, max(0.4, per_doubling ** math.log2(full / p)))
-        l1 = best["l1"] * (job.target / max(best["l0"] * drift, 1e-3)) ** (1.0 / slope)
-        return {"l1": l1, "trials": trials, "slope": slope, "probe_steps": p, "drift_per_doubling": per_doubling,
-                "predicted_drift": drift, "best_probe": best, "wall_s": time.perf_counter() - t,
-                "how": f"{len(trials)} probes (secant at {p} steps; {how})"}
+        t = time.perf_counter()
+        calibration = probe_calibration(job.target, l1, slope, self.steps, drift,
+                                        f"the drift of the {self.args.latents}-latent run")
+        return {**run_probes(calibration, lambda l1, steps: self.probe(job, l1, steps)),
+                "wall_s": time.perf_counter() - t}
 
     def choose_l1(self, job: Job) -> dict[str, Any]:
         """The l1 of a ReLU+L1 or AEN run: a seed after the first reuses the calibrated setting's l1 corrected by its
@@ -223,14 +197,6 @@ class Study:
                "train_wall_s": timing["wall_s"], "step_ms": timing["step_ms"], "warmup_s": timing["warmup_s"],
                "eval_wall_s": ev["eval_wall_s"]}
         return row, ev
-
-
-def actual_drift(calibration: dict[str, Any], l0: float) -> float | None:
-    """The full run's L0 over the L0 its probes predict at its l1 (None without probes)."""
-    best = calibration.get("best_probe")
-    if not best:
-        return None
-    return l0 / (best["l0"] * (calibration["l1"] / best["l1"]) ** calibration["slope"])
 
 
 def start_table(path: Path) -> dict[tuple[str, int], float]:

@@ -149,13 +149,7 @@ def train(sae: SAE, source: ActivationSource, cfg: TrainConfig, *,
         if step == start:
             check_activations(x, sae.d_in, name="first training batch")
         x = x.to(device, non_blocking=True)
-        if step == 0 and cfg.init == "authors":
-            sae.init_like_authors_(sae.seed)
-        elif step == 0 and cfg.init_b_dec:
-            with torch.no_grad():
-                sae.b_dec.copy_(parallel.stats.batch_mean(x.float().mean(0)))
-        if step == start or step <= cfg.l1_warmup_steps:  # in place: a CUDA graph replays with the current value
-            sae.penalty_scale.fill_(cfg.penalty_scale_at(step))
+        before_step(sae, x, step, start, cfg, parallel.stats)
         out = step_fn(x, cfg.lr_at(step))  # forward, backward, clipping, Adam and after_step
         pending.append(out.terms["loss"])
         if (step + 1) % check_every == 0 or step + 1 == cfg.steps:
@@ -183,6 +177,18 @@ def train(sae: SAE, source: ActivationSource, cfg: TrainConfig, *,
     return TrainResult(sae, history, time.perf_counter() - t0)
 
 
+def before_step(sae: SAE, x: torch.Tensor, step: int, start: int, cfg: TrainConfig, stats: StatReducer) -> None:
+    """What a step needs set first: the initialisation on the first batch (the authors' init, or b_dec at the
+    batch's mean) and the l1/l2 warm-up factor (filled in place: a CUDA graph replays with the current value)."""
+    if step == 0 and cfg.init == "authors":
+        sae.init_like_authors_(sae.seed)
+    elif step == 0 and cfg.init_b_dec:
+        with torch.no_grad():
+            sae.b_dec.copy_(stats.batch_mean(x.float().mean(0)))
+    if step == start or step <= cfg.l1_warmup_steps:
+        sae.penalty_scale.fill_(cfg.penalty_scale_at(step))
+
+
 def _raise_if_nonfinite(pending: list[torch.Tensor], step: int) -> None:
     if not pending:
         return
@@ -206,4 +212,4 @@ def _log_record(sae: SAE, out: StepOutput, step: int, cfg: TrainConfig, tokens_p
     return record
 
 
-__all__ = ["TrainConfig", "TrainResult", "NonFiniteLossError", "load_resumable", "train"]
+__all__ = ["TrainConfig", "TrainResult", "NonFiniteLossError", "before_step", "load_resumable", "train"]
