@@ -16,7 +16,7 @@ import torch
 
 from aen_mini.sae import SAE
 from aen_mini.train.config import TrainConfig
-from aen_mini.train.loop import _check_weights_dtype, _log_record, _raise_if_nonfinite, before_step
+from aen_mini.train.loop import before_step, check_weights_dtype, log_record, raise_if_nonfinite
 from aen_mini.train.parallel import SingleProcess
 from aen_mini.train.step import make_step
 from aen_mini.validate import check_activations
@@ -31,7 +31,7 @@ class Lane:
     def __init__(self, sae: SAE, cfg: TrainConfig, state: dict[str, Any] | None = None) -> None:
         if not isinstance(sae, SAE):
             raise TypeError(f"sae must be an aen_mini SAE (make_sae), got {type(sae).__name__}")
-        _check_weights_dtype(sae, cfg)
+        check_weights_dtype(sae, cfg)
         device = torch.device(cfg.device)
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"device={cfg.device!r} but CUDA is not available here; use device='cpu'")
@@ -67,10 +67,10 @@ class Lane:
         self._pending.append(out.terms["loss"])
         self.done = done = step + 1
         if done % self._check_every == 0 or done == cfg.steps:
-            _raise_if_nonfinite(self._pending, step)
+            raise_if_nonfinite(self._pending, step)
         if (cfg.log_every and done % cfg.log_every == 0) or done == cfg.steps:
-            _raise_if_nonfinite(self._pending, step)
-            self.history.append(_log_record(self.sae, out, done, cfg, done * cfg.batch_size / max(self.train_s, 1e-9),
+            raise_if_nonfinite(self._pending, step)
+            self.history.append(log_record(self.sae, out, done, cfg, done * cfg.batch_size / max(self.train_s, 1e-9),
                                             self.stats))
         if done == cfg.steps:
             self.sae.penalty_scale.fill_(1.0)

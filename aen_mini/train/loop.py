@@ -87,7 +87,7 @@ def load_resumable(path: str | Path, sae: SAE, cfg: TrainConfig, data: dict[str,
     return ckpt
 
 
-def _check_weights_dtype(sae: SAE, cfg: TrainConfig) -> None:
+def check_weights_dtype(sae: SAE, cfg: TrainConfig) -> None:
     """The trainer keeps float32 master weights (float64 for exact tests); low precision is ``cfg.precision``."""
     dtype = sae.W_dec.dtype
     if dtype in (torch.float16, torch.bfloat16):
@@ -118,7 +118,7 @@ def train(sae: SAE, source: ActivationSource, cfg: TrainConfig, *,
         raise TypeError(f"cfg must be a TrainConfig, got {type(cfg).__name__}")
     if source.d_in != sae.d_in:
         raise ValueError(f"source yields d_in={source.d_in} but the SAE expects d_in={sae.d_in}")
-    _check_weights_dtype(sae, cfg)
+    check_weights_dtype(sae, cfg)
     parallel = parallel or SingleProcess()
     device = torch.device(cfg.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -153,16 +153,16 @@ def train(sae: SAE, source: ActivationSource, cfg: TrainConfig, *,
         out = step_fn(x, cfg.lr_at(step))  # forward, backward, clipping, Adam and after_step
         pending.append(out.terms["loss"])
         if (step + 1) % check_every == 0 or step + 1 == cfg.steps:
-            _raise_if_nonfinite(pending, step)
+            raise_if_nonfinite(pending, step)
         if cfg.resample_every and (step + 1) % cfg.resample_every == 0:
-            _raise_if_nonfinite(pending, step)  # resampling from a NaN batch would write NaN into the weights
+            raise_if_nonfinite(pending, step)  # resampling from a NaN batch would write NaN into the weights
             parallel.resample(sae, x, optimizer, seed=cfg.seed * 1_000_003 + step)
 
         done = step + 1
         if (cfg.log_every and done % cfg.log_every == 0) or done == cfg.steps:
-            _raise_if_nonfinite(pending, step)
+            raise_if_nonfinite(pending, step)
             elapsed = time.perf_counter() - t0
-            record = _log_record(sae, out, done, cfg, (done * cfg.batch_size - tokens_at_t0) / max(elapsed, 1e-9),
+            record = log_record(sae, out, done, cfg, (done * cfg.batch_size - tokens_at_t0) / max(elapsed, 1e-9),
                                  parallel.stats)
             history.append(record)
             bar.set_postfix(loss=f"{record['loss']:.4g}", l0=f"{record['l0']:.1f}",
@@ -189,7 +189,8 @@ def before_step(sae: SAE, x: torch.Tensor, step: int, start: int, cfg: TrainConf
         sae.penalty_scale.fill_(cfg.penalty_scale_at(step))
 
 
-def _raise_if_nonfinite(pending: list[torch.Tensor], step: int) -> None:
+def raise_if_nonfinite(pending: list[torch.Tensor], step: int) -> None:
+    """Raise if any of the window's losses (``pending``, ending at ``step``) is not finite; empties the window."""
     if not pending:
         return
     finite = torch.isfinite(torch.stack(pending)).tolist()  # one host sync for the whole window
@@ -201,8 +202,9 @@ def _raise_if_nonfinite(pending: list[torch.Tensor], step: int) -> None:
                                  "updated with it (lower the learning rate or check the activations)")
 
 
-def _log_record(sae: SAE, out: StepOutput, step: int, cfg: TrainConfig, tokens_per_s: float,
-                reduce: StatReducer) -> dict[str, float]:
+def log_record(sae: SAE, out: StepOutput, step: int, cfg: TrainConfig, tokens_per_s: float,
+               reduce: StatReducer) -> dict[str, float]:
+    """One logged record: the step's loss terms, L0 and dead % (reduced over ranks and shards), lr and throughput."""
     terms, h = out.terms, out.codes
     l0 = reduce.latent_sum((h > 0).float().sum(-1).mean())
     stats = torch.cat([reduce.batch_mean(torch.stack([*(v.detach().float() for v in terms.values()), l0])),
@@ -212,4 +214,5 @@ def _log_record(sae: SAE, out: StepOutput, step: int, cfg: TrainConfig, tokens_p
     return record
 
 
-__all__ = ["TrainConfig", "TrainResult", "NonFiniteLossError", "before_step", "load_resumable", "train"]
+__all__ = ["TrainConfig", "TrainResult", "NonFiniteLossError", "before_step", "check_weights_dtype", "load_resumable",
+           "log_record", "raise_if_nonfinite", "train"]
