@@ -11,11 +11,9 @@ from typing import Any
 import torch
 
 import synthsaebench as bench
-from aen_mini.eval.probes import probe_calibration
+from aen_mini.eval.probes import SLOPE, probe_calibration
 from aen_mini.train.config import TrainConfig
 from aen_mini.train.lanes import Lane
-
-SLOPE = -1.5  # d log L0 / d log l1 until two probes measure it (the LLM study's starting guess)
 
 
 class ChunkedStream:

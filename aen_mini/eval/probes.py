@@ -21,6 +21,8 @@ PROBE_FRACTION = 8  # a probe runs 1/8 of the full run's steps
 PROBE_TOL = 0.08  # a probe this close to the target ends the search
 MAX_PROBES = 3  # secant probes; the drift probe (twice as long) comes on top
 DRIFT_CLAMP = (0.4, 2.5)  # the extrapolated drift is kept within these factors
+# d log L0 / d log l1 before two probes measure it (ReLU+L1 and AEN on SmolLM2 at 4608 latents: about -1.4 / -1.6)
+SLOPE = -1.5
 
 Calibration = Generator[tuple[float, int], dict[str, Any], dict[str, Any]]
 
@@ -93,5 +95,5 @@ def actual_drift(calibration: dict[str, Any], l0: float) -> float | None:
     return l0 / (best["l0"] * (calibration["l1"] / best["l1"]) ** calibration["slope"])
 
 
-__all__ = ["DRIFT_CLAMP", "MAX_PROBES", "PROBE_FRACTION", "PROBE_TOL", "actual_drift", "probe_calibration",
+__all__ = ["DRIFT_CLAMP", "MAX_PROBES", "PROBE_FRACTION", "PROBE_TOL", "SLOPE", "actual_drift", "probe_calibration",
            "probe_steps", "run_probes", "secant_l1", "worst_case_probe_steps"]

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from aen_mini.eval.metrics import evaluate_in_batches
-from aen_mini.eval.probes import MAX_PROBES, PROBE_FRACTION, actual_drift, probe_calibration, run_probes
+from aen_mini.eval.probes import MAX_PROBES, PROBE_FRACTION, SLOPE, actual_drift, probe_calibration, run_probes
 from aen_mini.experiments.llm_report import write_markdown
 from aen_mini.experiments.llm_study import (HOOK, LABELS, LR_WARMUP_FRAC, MODEL, DeviceBatches, Harvest, metadata,
                                             method_settings, parse_args, sync)
@@ -39,7 +39,6 @@ from aen_mini.train.loop import train
 # what each call of a continued study keeps of its own metadata (notes: provenance added to a call's file by hand)
 CALL_KEYS = ("command", "wall_s", "n_sae", "cut", "code_note", "device_seconds_used")
 DESIGN_KEYS = ("methods", "seeds", "targets", "latents32")  # the study's plan, as opposed to one call's
-SLOPE = -1.5  # d log L0 / d log l1 before two probes measure it (ReLU+L1 and AEN at 4608 latents: about -1.4 / -1.6)
 PROBE_EVAL_TOKENS = 1_000_000  # held-out tokens a probe's L0 is measured on
 # planning guesses until a run of the same kind is measured: ms per step at 4608 latents on an H200 (scaled with
 # the latents), seconds of compile and CUDA-graph capture per run, seconds of evaluation per run
