@@ -28,8 +28,8 @@ import torch
 from aen_mini.eval.metrics import evaluate_in_batches
 from aen_mini.eval.probes import MAX_PROBES, PROBE_FRACTION, SLOPE, actual_drift, probe_calibration, run_probes
 from aen_mini.experiments.llm_report import write_markdown
-from aen_mini.experiments.llm_study import (HOOK, LABELS, LR_WARMUP_FRAC, MODEL, DeviceBatches, Harvest, metadata,
-                                            method_settings, parse_args, sync)
+from aen_mini.experiments.llm_study import (HOOK, LABELS, LR_WARMUP_FRAC, METHODS, MODEL, DeviceBatches, Harvest,
+                                            metadata, method_settings, parse_args, sync)
 from aen_mini.io.atomic import atomic_write_text
 from aen_mini.sae import make_sae
 from aen_mini.train.config import TrainConfig
@@ -61,8 +61,8 @@ class Job:
     def parse(cls, key: str) -> Job:
         """``Job.parse(job.key) == job``; a one-line error for a malformed key or an unknown method."""
         parts = key.split(":")
-        if len(parts) != 4 or parts[0] not in MS_GUESS or not all(p.isdigit() for p in parts[1:]):
-            raise ValueError(f"--jobs: {key!r} is not METHOD:TARGET:SEED:LATENTS with METHOD in {sorted(MS_GUESS)}")
+        if len(parts) != 4 or parts[0] not in METHODS or not all(p.isdigit() for p in parts[1:]):
+            raise ValueError(f"--jobs: {key!r} is not METHOD:TARGET:SEED:LATENTS with METHOD in {sorted(METHODS)}")
         return cls(parts[0], int(parts[1]), int(parts[2]), int(parts[3]))
 
 
@@ -71,7 +71,9 @@ def plan(args: argparse.Namespace, done: set[str] = frozenset()) -> list[Job]:
     ReLU+L1 and AEN at ``--latents32`` and the smallest target (does AEN's starvation there survive matched L0?);
     TopK without AuxK; TopK at ``--latents32``; the other seeds; ``--latents32``'s other targets; last, ReLU+L1 with
     the l1 warm-up (the control for the warm-up AEN's delayed reweighting implies), first seed, larger dictionary
-    first."""
+    first. An explicit ``args.jobs`` list replaces that order."""
+    if getattr(args, "jobs", None):
+        return [j for j in map(Job.parse, args.jobs) if j.key not in done]
     s0, rest, small = args.seeds[0], args.seeds[1:], min(args.targets)
     control = [m for m in args.methods if m == "relu_l1_warmup"]
     methods = [m for m in args.methods if m not in control]
@@ -85,8 +87,6 @@ def plan(args: argparse.Namespace, done: set[str] = frozenset()) -> list[Job]:
     if args.latents32:
         jobs += [Job(m, t, s0, args.latents32) for t in args.targets if t != small for m in methods]
     jobs += [Job(m, t, s0, w) for m in control for w in (args.latents32, args.latents) if w for t in args.targets]
-    if getattr(args, "jobs", None):  # an explicit list replaces the priority order
-        jobs = [Job.parse(k) for k in args.jobs]
     return [j for j in jobs if j.key not in done]
 
 

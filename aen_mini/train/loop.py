@@ -163,7 +163,7 @@ def train(sae: SAE, source: ActivationSource, cfg: TrainConfig, *,
             raise_if_nonfinite(pending, step)
             elapsed = time.perf_counter() - t0
             record = log_record(sae, out, done, cfg, (done * cfg.batch_size - tokens_at_t0) / max(elapsed, 1e-9),
-                                 parallel.stats)
+                                parallel.stats)
             history.append(record)
             bar.set_postfix(loss=f"{record['loss']:.4g}", l0=f"{record['l0']:.1f}",
                             dead=f"{record['dead_pct']:.1f}%", tok_s=f"{record['tokens_per_s']:.3g}")
