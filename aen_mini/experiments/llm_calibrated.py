@@ -159,7 +159,10 @@ class Study:
         smaller = self.l1.get((job.method, job.target, self.args.latents))
         if smaller and job.d_sae != self.args.latents:
             return self.calibrate(job, smaller["l1"] * 1.1, smaller["slope"], smaller["drift"])
-        start = self.starts.get((job.method, job.target), 0.5 * math.sqrt(self.bench.model.d_model / job.target))
+        # the warm-up control trains the same SAE to the same end loss: it starts from ReLU+L1's earlier l1
+        like = {"relu_l1_warmup": "relu_l1"}.get(job.method, job.method)
+        start = self.starts.get((job.method, job.target), self.starts.get(
+            (like, job.target), 0.5 * math.sqrt(self.bench.model.d_model / job.target)))
         return self.calibrate(job, start, SLOPE)
 
     def cost(self, job: Job) -> float:
@@ -193,6 +196,7 @@ class Study:
                "tokens_trained": steps * args.batch_size, "distinct_tokens": bench.distinct_train,
                "passes": passes(steps, args.batch_size, bench.distinct_train), "batch_size": args.batch_size,
                "lr": args.lr, "steps": steps, "lr_warmup_steps": int(LR_WARMUP_FRAC * steps),
+               "l1_warmup_steps": method_settings(job.method, 0.0, job.target, steps).get("l1_warmup_steps", 0),
                "train_wall_s": timing["wall_s"], "step_ms": timing["step_ms"], "warmup_s": timing["warmup_s"],
                "eval_wall_s": ev["eval_wall_s"]}
         return row, ev
