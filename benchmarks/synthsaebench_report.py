@@ -26,13 +26,17 @@ PUBLISHED_PROTOCOL = {"training_samples": 200_000_000, "batch_size": 1024, "lr":
 
 
 def write(report: dict[str, Any], out: Path) -> None:
-    """synthsaebench.json and .md; the .md gains the cost section where ``out`` holds synthsaebench_cost.json."""
+    """synthsaebench.json and .md; the .md gains the cost section where ``out`` holds synthsaebench_cost.json, and
+    there, while the rows are short of the published budget, how far a published-budget run got
+    (synthsaebench_progress.json)."""
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "synthsaebench.json", json.dumps(report, indent=1) + "\n")
-    cost = out / "synthsaebench_cost.json"
+    cost, progress = out / "synthsaebench_cost.json", out / "synthsaebench_progress.json"
+    short = report["protocol"]["training_samples"] < report["published_protocol"]["training_samples"]
     text = markdown(report)
     if cost.is_file():
-        text += "\n".join(cost_section(json.loads(cost.read_text()))) + "\n"
+        text += "\n".join(cost_section(json.loads(cost.read_text()), json.loads(progress.read_text())
+                                       if short and progress.is_file() else None)) + "\n"
     atomic_write_text(out / "synthsaebench.md", text)
 
 
@@ -171,103 +175,81 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-# The prediction for one H200 (not measured with the shared path; each figure's basis beside it).
-H200_ASSUMED = {
-    # per sampler call, whatever its batch: the committed run's 5.8 ms per call of 1024 (synthsaebench.json,
-    # timing.probe) less the arithmetic below; one call runs 625 aten operations, 22 of them host syncs (7 nonzero,
-    # 15 item: counted on CPU by --estimate-only)
-    "sample_fixed_s": 4.8e-3,
-    # arithmetic per 1024 samples: the dense 1024 x 16,384 @ 16,384 x 768 fp32 matmul (25.8 GFLOP, ~0.4 ms) and ~30
-    # elementwise passes over 1024 x 16,384 fp32 values (~2 GB, ~0.5 ms at ~4 TB/s)
-    "sample_per_1024_s": 1.0e-3,
-    # one fused step (CUDA graph) at d = 768, m = 4096, batch 1024: the LLM study's H200 steps (llm.json: 0.73 ms
-    # ReLU+L1, 0.90 AEN, 1.91 TopK+AuxK at d = 576, m = 4608, batch 8192) scaled by FLOPs (6.75x fewer here) give
-    # 0.11-0.28 ms; a graph replay's floor is taken as 0.25 ms
-    "step_s": {"relu_l1": 0.25e-3, "elastic_net": 0.25e-3, "aen": 0.25e-3, "topk": 0.28e-3, "batch_topk": 0.28e-3},
-    "lane_startup_s": 5.0,  # compile and capture per run (the LLM study's planning figure, COMPILE_S)
-    "model_build_s": 17.3,  # the committed run's build of the 16k model on the H200
-}
-PUBLISHED_STEPS = 195_312  # 200M samples / 1024
-
-
-def h200_prediction(chunk: int = 65_536, batch: int = 1024, eval_samples: int = 1_000_000) -> dict[str, Any]:
-    a = H200_ASSUMED
-    per_batch = {str(n): (a["sample_fixed_s"] + n / 1024 * a["sample_per_1024_s"]) / (n / batch)
-                 for n in (batch, 8192, chunk)}
-    costs = {"sample_s_per_batch": per_batch, "step_s": a["step_s"],
-             "lane_startup_s": {m: a["lane_startup_s"] for m in a["step_s"]}}
-    methods = ["batch_topk", "relu_l1", "aen", "topk", "elastic_net"]
-    return {"per_batch": per_batch, **predict(costs, methods, ["relu_l1", "aen", "elastic_net"], PUBLISHED_STEPS,
-                                              batch, chunk, eval_samples)}
-
-
 DEVICE_CALLS = [
     "On this machine, from a checkout of the commit to run: `mkdir -p /work/main/.gpu/synth/site && cp -r aen_mini "
     "benchmarks /work/main/.gpu/synth/ && cp -r .venv-saelens/lib/python3.*/site-packages/{sae_lens,simple_parsing,"
     "docstring_parser,better_abc} /work/main/.gpu/synth/site/` (about 20 MB; `run` ships /work/main's tree).",
-    "Call 1 (`carry: [\".gpu/synth\"]`, `timeout_s: 600`): `cd .gpu/synth && export "
-    "AEN_SAELENS_SRC=$PWD/site/sae_lens AEN_SAELENS_FORCE_SRC=1 PYTHONPATH=$PWD/site TQDM_DISABLE=1 && python3 "
-    "benchmarks/synthsaebench_shared.py --size tiny --device cuda --steps 400 --batch-size 64 --calib-samples 512 "
-    "--eval-samples 1024 --out /tmp/smoke && python3 benchmarks/synthsaebench_shared.py --device cuda "
-    "--eval-samples 1000000 --l1-from benchmarks/synthsaebench.json --budget-s 560 --state /root/synth_state.pt "
-    "--commit SHA --out $OUT` (the tiny CUDA run first: the CUDA graphs of many lanes have not run on a GPU yet; "
-    "then the estimate is printed before training, the run stops in time, saves its state and writes "
-    "synthsaebench_progress.json).",
-    "Call 2, at once (the machine is given back after 30 s idle, and the state with it): the same command without "
-    "the tiny run, `--budget-s 580`. It continues from the state (the costs are not measured again: the first call's "
-    "estimate is kept beside the state), and when every run has ended scores them and writes "
-    "synthsaebench.json and .md to $OUT. If call 1's estimate exceeds ~1000 s, call 2 stops again with a new state: "
-    "repeat it (each continuing call rebuilds the model, ~17 s, and recompiles its lanes, ~5 s each).",
+    "Call 1 (`carry: [\".gpu/synth\"]`, `timeout_s: 600`), first in the session (it needs ~1,500 s of the 1,800 s of "
+    "device time, cold start included): `cp -r .gpu/synth /root/synth && cd /root/synth && export "
+    "AEN_SAELENS_SRC=$PWD/site/sae_lens AEN_SAELENS_FORCE_SRC=1 PYTHONPATH=$PWD:$PWD/site TQDM_DISABLE=1 && python3 "
+    "benchmarks/synthsaebench_shared.py --device cuda --eval-samples 1000000 --l1-from benchmarks/synthsaebench.json "
+    "--budget-s 560 --state /root/synth_state.pt --commit SHA --out $OUT` (the estimate is printed before training; "
+    "the run stops in time, saves its state and writes synthsaebench_progress.json).",
+    "Calls 2 and 3, each at once after the last (the machine is given back after 30 s idle, and the state with it): "
+    "`cd /root/synth`, the same exports and the same command, again `--budget-s 560`: `--budget-s` is the wall time "
+    "of one call, not of the whole run. Each continues from the state (the costs are not measured again), and the "
+    "call in which every run ends scores them and writes synthsaebench.json and .md to $OUT.",
     "Copy $OUT's files to benchmarks/ and commit them with the command, device and commit (the JSON records them).",
 ]
 
 
-def cost_section(cost: dict[str, Any]) -> list[str]:
-    """'Cost of the published budget': what ``--estimate-only`` measured (its device named), the prediction for one
-    H200 and its basis, the old path for comparison, and the device calls that run it."""
-    c, env = cost["costs"], cost["environment"]
+def cost_section(cost: dict[str, Any], progress: dict[str, Any] | None = None) -> list[str]:
+    """'Cost of the published budget': what was measured (its device named), the wall time predicted from it, how far
+    a run of the published budget got (``progress``: synthsaebench_progress.json), and the device calls that run it."""
+    c, env, pred = cost["costs"], cost["environment"], cost["prediction"]
     per = c["sample_s_per_batch"]
     ops = c.get("sampler_ops_per_call", {})
-    h = h200_prediction()
+    cpu = "cpu" in env["device"].lower()
+    paths = sorted(set(c.get("step_path", {}).values()))
     lines = ["## Cost of the published budget", "",
              "The published budget is 200M samples per SAE (195,312 steps of 1024). The committed rows above came from "
              "`benchmarks/synthsaebench.py`, which draws every run's samples again in batches of 1024: on the H200 "
              "it measured 3.6 ms per training step and 5.8 ms per sampled batch, about 30 min per run before "
-             "calibration. `benchmarks/synthsaebench_shared.py` (not yet run on a GPU) trains all five SAEs, and the "
-             "calibration probes, as lanes on one stream drawn in chunks, with the fused step; `--state` carries a "
-             "run across device calls of at most 10 min.", "",
-             f"Measured on {env['device']} with `--estimate-only` (commit {env['commit']}; on a CPU: one thread of 2 "
-             "cores shared with other work: a repeat while tests ran gave values up to 2.7x these; "
-             f"model built with {cost['orthogonalization_steps']} orthogonalisation steps, which changes neither cost): "
-             "sampling a batch of 1024 costs " + ", ".join(
-                 f"{v * 1e3:.0f} ms when drawn {int(k):,} at a time" for k, v in per.items())
-             + "; one fused fp32 step at d = 768, m = 4096, batch 1024 costs " + ", ".join(
-                 f"{m} {v * 1e3:.0f} ms" for m, v in c["step_s"].items())
-             + (f" (mean of {c['timed_steps']} steps)." if c.get("timed_steps") else ".")]
+             "calibration. `benchmarks/synthsaebench_shared.py` trains all five SAEs, and the calibration probes, as "
+             "lanes on one stream drawn in chunks, with the fused step; `--state` carries a run across device calls "
+             "of at most 10 min, and `--budget-s` is the wall time of one call.", "",
+             f"Measured on {env['device']} (commit {env['commit'][:10]}"
+             + ("; one thread of 2 cores shared with other work: a repeat while tests ran gave values up to 2.7x these"
+                if cpu else "") + f"; model built with {cost['orthogonalization_steps']} orthogonalisation steps, "
+             "which changes neither cost): sampling a batch of 1024 costs " + ", ".join(
+                 f"{v * 1e3:.2f} ms when drawn {int(k):,} at a time" for k, v in per.items())
+             + f"; one step at d = 768, m = 4096, batch 1024 ({'; '.join(paths)}) costs " + ", ".join(
+                 f"{m} {v * 1e3:.2f} ms" for m, v in c["step_s"].items())
+             + (f" (mean of {c['timed_steps']} steps)" if c.get("timed_steps") else "")
+             + "; a lane's compile and capture " + ", ".join(f"{m} {v:.1f} s" for m, v in c["lane_startup_s"].items())
+             + "."]
     if ops:
         lines.append(f"One sampler call runs {ops['aten_ops']} aten operations, {ops['nonzero']} of them `nonzero` "
                      f"and {ops['item']} `item` (host synchronisations on a GPU), whatever its batch.")
-    if "cpu" in env["device"].lower():
+    if cpu:
         lines.append("Reading: on a CPU the sampler is arithmetic-bound and larger calls do not lower the cost per "
-                     "sample, so CPU timings cannot show the gain; on a GPU a call of 1024 is mostly the fixed cost "
-                     "of those launches and syncs, which a call of 65,536 spreads over 64 batches (the prediction "
-                     "below assumes this; the first device call measures it).")
-    lines += ["", f"Predicted for one H200 (chunks of 65,536; scored on the published 1M samples): sampling "
-                  f"{h['per_batch']['65536'] * 1e3:.2f} ms per batch in chunks vs {h['per_batch']['1024'] * 1e3:.1f} ms "
-                  "one batch at a time.", ""]
+                     "sample, so CPU timings cannot show the gain that a GPU gets from drawing 65,536 at a time.")
+    build = cost.get("model_build_s", 0.0)
     rows = [[case, f"{p['stream_batches']:,}", f"{p['sampling_s']:.0f}", f"{p['training_s']:.0f}", f"{p['startup_s']:.0f}",
-             f"{p['eval_s']:.0f}", f"{p['total_s'] + H200_ASSUMED['model_build_s']:.0f} "
-             f"({(p['total_s'] + H200_ASSUMED['model_build_s']) / 60:.1f} min)"] for case, p in
-            (("worst: 3 probes + drift probe each", h["worst"]), ("best: 1 probe + drift probe each", h["best"]))]
-    lines.append(markdown_table(["calibration", "batches sampled", "sampling s", "training s", "compile s", "scoring s",
-                                 "total s, model build included"], rows))
-    lines += ["", "Basis (assumptions, not measurements with this code): the sampler's fixed cost per call "
-              f"{H200_ASSUMED['sample_fixed_s'] * 1e3:.1f} ms and arithmetic {H200_ASSUMED['sample_per_1024_s'] * 1e3:.1f} "
-              "ms per 1024 samples (split from the measured 5.8 ms by a FLOP and bandwidth count); fused steps "
-              "0.25-0.28 ms (the LLM study's H200 steps scaled by FLOPs, floored at 0.25 ms per graph replay); 5 s of "
-              "compile and capture per lane; BatchTopK captured as a CUDA graph (if it is not, add ~0.5-1.5 ms per "
-              "step, 100-300 s). Splitting into two calls adds ~60 s (model rebuilt, lanes recompiled) and a cold "
-              "start 60-100 s. So about 12-16 min of device time: the target (<= ~15 min) is met only if these "
-              "assumptions hold; `--budget-s` and `--state` keep a slower run safe (stopped, saved, continued).", "",
-              "Device calls for a future session:", "", *(f"{i}. {step}" for i, step in enumerate(DEVICE_CALLS, 1)), ""]
+             f"{p['eval_s']:.0f}", f"{p['total_s'] + build:.0f} ({(p['total_s'] + build) / 60:.1f} min)"]
+            for case, p in (("worst: 3 probes + drift probe each", pred["worst"]),
+                            ("best: 1 probe + drift probe each", pred["best"]))]
+    lines += ["", f"Predicted from these measurements (chunks of {cost['chunk']:,}; scored on 1M samples; one call "
+                  "straight through, so each further call adds the model build and the lanes' compiles again):", "",
+              markdown_table(["calibration", "batches sampled", "sampling s", "training s", "compile s", "scoring s",
+                              f"total s, model build ({build:.0f} s) included"], rows)]
+    if progress:
+        lines += ["", *progress_lines(progress, cost)]
+    lines += ["", "Device calls for a future session:", "", *(f"{i}. {step}" for i, step in enumerate(DEVICE_CALLS, 1)),
+              ""]
     return lines
+
+
+def progress_lines(progress: dict[str, Any], cost: dict[str, Any]) -> list[str]:
+    """How far the published-budget run got before its call's time limit: the stream, each lane, the probes so far."""
+    stop, lanes = progress["stopped"], progress["lanes"]
+    full = [f"{m} {done:,} of {steps:,} steps" for m, (probe, done, steps) in lanes.items() if not probe]
+    probes = [f"{m} " + "; ".join(f"l1 {t['l1']:.3g} → L0 {t['l0']:.1f}" for t in trials)
+              for m, trials in progress["probes"].items() if trials]
+    lines = [f"A run of the published budget (`{cost['environment']['command']}`) stopped at its time limit after "
+             f"{stop['after_s']:.0f} s, at batch {stop['at_batch']:,} of the stream (its state saved on the device): "
+             f"the full runs at {'; '.join(full)}; the calibration probes ("
+             f"{next(iter(progress['probes'].values()))[0]['steps']:,} steps each, target L0 25) so far: "
+             + "; ".join(probes) + "."]
+    lines.append(progress.get("note", ""))
+    return [line for line in lines if line]

@@ -17,9 +17,10 @@ What ``benchmarks/synthsaebench.py`` does with one sampling pass per run, this d
 Before training it measures what things cost here (sampling per batch in chunks and one at a time, one step of each
 method, a lane's compile and capture) and prints the predicted wall time of the worst case (every calibration
 taking all its probes); ``--estimate-only`` writes that to ``OUT/synthsaebench_cost.json`` and stops.
-``--budget-s`` here is a wall-clock limit on the whole run: when it is reached, no further batch is drawn; the full
-runs in progress are scored as they stand and flagged (``stopped_at_step``), calibrations not finished are listed
-with their probes, and everything is written (``synthsaebench.json`` / ``.md`` under ``--out``, as the other
+``--budget-s`` here is a wall-clock limit on this call (a call continuing from ``--state`` counts only its own time):
+when it is reached, no further batch is drawn; with ``--state`` everything is saved there for the next call,
+otherwise the full runs in progress are scored as they stand and flagged (``stopped_at_step``), calibrations not
+finished are listed with their probes, and everything is written (``synthsaebench.json`` / ``.md`` under ``--out``, as the other
 command writes them; a folder holding results is not replaced unless ``--overwrite``).
 """
 from __future__ import annotations
@@ -219,7 +220,8 @@ def bench_report(model: Any, size: bench.Size, methods: list[str], estimate: dic
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = bench.build_parser("benchmarks/synthsaebench_shared.py", __doc__.split("\n\n")[0])
     parser._option_string_actions["--budget-s"].help = (
-        "if > 0: wall seconds for the whole run; training stops in time to score what it has (flagged)")
+        "if > 0: wall seconds of this call (not of earlier calls of a --state run); training stops in time to "
+        "save its state (--state) or to score what it has (flagged)")
     parser.add_argument("--chunk", type=int, default=0,
                         help="samples drawn per sampler call (default: 64 batches on CUDA, one batch on CPU)")
     parser.add_argument("--estimate-only", action="store_true", help="measure, print and write the cost estimate; stop")

@@ -36,11 +36,12 @@ def _claims() -> list[tuple[str, dict[str, Any]]]:
 
 
 def _text(path: Path) -> str:
-    """The prose of a page: a notebook's markdown cells, or a markdown file, whitespace-normalised."""
+    """The prose of a page: a notebook's markdown cells and figure captions, or a markdown file, whitespace-normalised."""
     raw = path.read_text(encoding="utf-8")
     if path.suffix == ".ipynb":
         cells = json.loads(raw)["cells"]
-        raw = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown")
+        captions = [(c.get("metadata", {}).get("mystnb", {}).get("figure") or {}).get("caption", "") for c in cells]
+        raw = "\n".join(["".join(c["source"]) for c in cells if c["cell_type"] == "markdown"] + captions)
     return " ".join(raw.split())
 
 

@@ -49,8 +49,7 @@ def _table(rows: list[dict[str, Any]], within: str, dead: str) -> list[str]:
 
 def _not_run(meta: dict[str, Any]) -> list[str]:
     """The study's planned runs that no call made (each call's own cuts, with its budget, are in its metadata)."""
-    note = [meta["design_note"], ""] if meta.get("design_note") else []
-    return (["", "## Not run (did not fit the device-time budget)", ""] + note
+    return (["", "## Not run (did not fit the device-time budget)", ""]
             + ([f"- {key}" for key in meta["not_run"]] or ["- nothing"]))
 
 
