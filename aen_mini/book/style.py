@@ -24,7 +24,6 @@ __all__ = ["BOOK_RC", "FIG_WIDTH", "METHOD_COLORS", "SWEEP_LABELS", "axes_or_new
 METHOD_COLORS: dict[str, str] = {
     "relu_l1": "#0072B2",                # blue
     "relu_l1_resample": "#56B4E9",       # sky blue: the same penalty, plus resampling
-    "relu_l1_warmup": "#003F6B",         # dark blue: the same penalty, ramped in linearly
     "topk": "#009E73",                   # bluish green
     "elastic_net": "#E69F00",            # orange
     "adaptive_lasso": "#CC79A7",         # reddish purple
