@@ -179,8 +179,8 @@ DEVICE_CALLS = [
     "On this machine, from a checkout of the commit to run: `mkdir -p /work/main/.gpu/synth/site && cp -r aen_mini "
     "benchmarks /work/main/.gpu/synth/ && cp -r .venv-saelens/lib/python3.*/site-packages/{sae_lens,simple_parsing,"
     "docstring_parser,better_abc} /work/main/.gpu/synth/site/` (about 20 MB; `run` ships /work/main's tree).",
-    "Call 1 (`carry: [\".gpu/synth\"]`, `timeout_s: 600`), first in the session (it needs ~1,500 s of the 1,800 s of "
-    "device time, cold start included): `cp -r .gpu/synth /root/synth && cd /root/synth && export "
+    "Call 1 (`carry: [\".gpu/synth\"]`, `timeout_s: 600`), first in the session (the run needs the prediction above, "
+    "a cold start and two restarts: most of a session's device time): `cp -r .gpu/synth /root/synth && cd /root/synth && export "
     "AEN_SAELENS_SRC=$PWD/site/sae_lens AEN_SAELENS_FORCE_SRC=1 PYTHONPATH=$PWD:$PWD/site TQDM_DISABLE=1 && python3 "
     "benchmarks/synthsaebench_shared.py --device cuda --eval-samples 1000000 --l1-from benchmarks/synthsaebench.json "
     "--budget-s 560 --state /root/synth_state.pt --commit SHA --out $OUT` (the estimate is printed before training; "
@@ -244,12 +244,12 @@ def progress_lines(progress: dict[str, Any], cost: dict[str, Any]) -> list[str]:
     """How far the published-budget run got before its call's time limit: the stream, each lane, the probes so far."""
     stop, lanes = progress["stopped"], progress["lanes"]
     full = [f"{m} {done:,} of {steps:,} steps" for m, (probe, done, steps) in lanes.items() if not probe]
-    probes = [f"{m} " + "; ".join(f"l1 {t['l1']:.3g} → L0 {t['l0']:.1f}" for t in trials)
-              for m, trials in progress["probes"].items() if trials]
+    ended = {m: trials for m, trials in progress["probes"].items() if trials}
+    probes = ("; the calibration probes (" + f"{next(iter(ended.values()))[0]['steps']:,} steps each, target L0 25) "
+              "so far: " + "; ".join(f"{m} " + "; ".join(f"l1 {t['l1']:.3g} → L0 {t['l0']:.1f}" for t in trials)
+                                      for m, trials in ended.items())) if ended else "; no calibration probe had ended"
     lines = [f"A run of the published budget (`{cost['environment']['command']}`) stopped at its time limit after "
              f"{stop['after_s']:.0f} s, at batch {stop['at_batch']:,} of the stream (its state saved on the device): "
-             f"the full runs at {'; '.join(full)}; the calibration probes ("
-             f"{next(iter(progress['probes'].values()))[0]['steps']:,} steps each, target L0 25) so far: "
-             + "; ".join(probes) + "."]
+             f"the full runs at {'; '.join(full)}{probes}."]
     lines.append(progress.get("note", ""))
     return [line for line in lines if line]

@@ -159,10 +159,11 @@ class Study:
         smaller = self.l1.get((job.method, job.target, self.args.latents))
         if smaller and job.d_sae != self.args.latents:
             return self.calibrate(job, smaller["l1"] * 1.1, smaller["slope"], smaller["drift"])
-        # the warm-up control trains the same SAE to the same end loss: it starts from ReLU+L1's earlier l1
-        like = {"relu_l1_warmup": "relu_l1"}.get(job.method, job.method)
+        # without an earlier l1 of its own, a method starts from its SAE variant's (the warm-up control: ReLU+L1's,
+        # the same SAE and end loss)
+        variant = method_settings(job.method, 0.0, job.target, self.steps)["sae"]
         start = self.starts.get((job.method, job.target), self.starts.get(
-            (like, job.target), 0.5 * math.sqrt(self.bench.model.d_model / job.target)))
+            (variant, job.target), 0.5 * math.sqrt(self.bench.model.d_model / job.target)))
         return self.calibrate(job, start, SLOPE)
 
     def cost(self, job: Job) -> float:
