@@ -134,8 +134,8 @@ RELATED_REPORTS = [
      "(narrowed grid), next to their CSV"),
     ("benchmarks/replication_full_ours.md", "the controlled study at full size on one H200, rho 0 / 0.3 / 0.5 / 0.7, "
      "3 seeds, with the five-rho results section (rho 0.9: replication_full_picks_ours.md)"),
-    ("benchmarks/replication_full_centred.md", "the centred cells at full size on one H200, rho 0 / 0.3 / 0.5 / 0.9, "
-     "3 seeds, next to the same cells on uncentred data"),
+    ("benchmarks/replication_full_centred.md", "the centred cells at full size on one H200, every rho, with and "
+     "without a linear l1 warm-up, 3 seeds, next to the same cells on uncentred data"),
     ("benchmarks/replication_full_picks_al.md", "the adaptive lasso under the authors' protocol at their picks, every "
      "rho, 3 seeds, next to their CSV"),
     ("benchmarks/replication_full_collapse.md", "AEN's rho = 0 collapse at full size: reference set, clip, EMA rate"),
