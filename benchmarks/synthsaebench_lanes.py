@@ -4,6 +4,7 @@ the way, and the whole state saved at a stop and restored by the next call (a de
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -64,8 +65,9 @@ class SideBySide:
     time is up; ``save`` writes everything a later process needs to go on (``restore``)."""
 
     def __init__(self, model: Any, size: bench.Size, methods: list[str], x_cal: torch.Tensor,
-                 starts: dict[str, float], args: Any) -> None:
+                 starts: dict[str, float], args: Any, earlier: dict[str, list[dict[str, Any]]] | None = None) -> None:
         self.size, self.methods, self.x_cal, self.starts, self.args = size, methods, x_cal, starts, args
+        self.earlier = earlier or {}  # probes an earlier, stopped run of the same settings finished, per method
         self.stream = ChunkedStream(model, args.seed, args.chunk, args.batch_size)
         self.calibrations = {m: probe_calibration(size.target_l0, starts[m], SLOPE, args.steps) for m in starts}
         self.sent: dict[str, list[dict[str, Any]]] = {m: [] for m in starts}  # what each calibration was told
@@ -81,7 +83,21 @@ class SideBySide:
                      for m in self.methods if m not in self.starts]
         for m, calibration in self.calibrations.items():
             l1, steps = next(calibration)
-            self.runs.append(Run(m, True, make_lane(m, self.size, l1, steps, self.args), l1, 0))
+            for i, probe in enumerate(self.earlier.get(m, [])):  # told what it would have measured: no lane needed
+                if not (math.isclose(probe["l1"], l1, rel_tol=1e-9) and probe["steps"] == steps):
+                    raise SystemExit(f"--probes-from: {m}'s probe {i + 1} ran l1 {probe['l1']:.6g} for {probe['steps']} "
+                                     f"steps, but this run asks l1 {l1:.6g} for {steps}: give the --l1-from and settings "
+                                     "of the run that measured it")
+                record = {k: v for k, v in probe.items() if k not in ("l1", "steps")} | {"earlier_run": True}
+                self.sent[m].append(record)
+                try:
+                    l1, steps = calibration.send(record)
+                except StopIteration as done:
+                    self.results[m] = done.value
+                    l1, steps = done.value["l1"], self.args.steps
+                    break
+            probe_lane = m not in self.results
+            self.runs.append(Run(m, probe_lane, make_lane(m, self.size, l1, steps, self.args), l1, 0))
 
     def run(self, t_start: float, until_s: float, until_batch: int = 0) -> dict[str, Any] | None:
         """Step every lane on each batch until all full runs end (None), or ``until_s`` seconds after ``t_start``, or

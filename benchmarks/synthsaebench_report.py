@@ -6,10 +6,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-from aen_mini.eval.probes import MAX_PROBES, PROBE_FRACTION, worst_case_probe_steps
+from aen_mini.eval.probes import MAX_PROBES, PROBE_FRACTION, PROBE_TOL, worst_case_probe_steps
 from aen_mini.experiments.report import markdown_table
 from aen_mini.io.atomic import atomic_write_text
 
+
+TARGET_L0 = 25  # the L0 of the published table below, which every run here is calibrated to
 
 # SAELens docs/synth_sae_bench.md, "Raw results for SynthSAEBench-16k at selected L0s", L0 = 25: mean ± std over
 # seeds, SAEs of width 4096 trained on 200M samples (batch 1024, lr 3e-4), from SAELens's synth-sae-bench-experiments.
@@ -183,8 +185,9 @@ DEVICE_CALLS = [
     "a cold start and two restarts: most of a session's device time): `cp -r .gpu/synth /root/synth && cd /root/synth && export "
     "AEN_SAELENS_SRC=$PWD/site/sae_lens AEN_SAELENS_FORCE_SRC=1 PYTHONPATH=$PWD:$PWD/site TQDM_DISABLE=1 && python3 "
     "benchmarks/synthsaebench_shared.py --device cuda --eval-samples 1000000 --l1-from benchmarks/synthsaebench.json "
-    "--budget-s 560 --state /root/synth_state.pt --commit SHA --out $OUT` (the estimate is printed before training; "
-    "the run stops in time, saves its state and writes synthsaebench_progress.json).",
+    "--probes-from benchmarks/synthsaebench_progress.json --budget-s 560 --state /root/synth_state.pt --commit SHA "
+    "--out $OUT` (the estimate is printed before training, without the saving of `--probes-from`; the run stops in "
+    "time, saves its state and writes synthsaebench_progress.json; keep the committed one: it holds the probes).",
     "Calls 2 and 3, each at once after the last (the machine is given back after 30 s idle, and the state with it): "
     "`cd /root/synth`, the same exports and the same command, again `--budget-s 560`: `--budget-s` is the wall time "
     "of one call, not of the whole run. Each continues from the state (the costs are not measured again), and the "
@@ -234,10 +237,24 @@ def cost_section(cost: dict[str, Any], progress: dict[str, Any] | None = None) -
               markdown_table(["calibration", "batches sampled", "sampling s", "training s", "compile s", "scoring s",
                               f"total s, model build ({build:.0f} s) included"], rows)]
     if progress:
-        lines += ["", *progress_lines(progress, cost)]
+        lines += ["", *progress_lines(progress, cost), *resumed_lines(progress, cost)]
     lines += ["", "Device calls for a future session:", "", *(f"{i}. {step}" for i, step in enumerate(DEVICE_CALLS, 1)),
               ""]
     return lines
+
+
+def resumed_lines(progress: dict[str, Any], cost: dict[str, Any]) -> list[str]:
+    """What ``--probes-from`` saves: the calibrations whose last probe ended within ``PROBE_TOL`` of the target start a
+    new run at their drift probe, so its stream is the full run plus that probe."""
+    found = [m for m, trials in progress["probes"].items()
+             if trials and abs(trials[-1]["l0"] / TARGET_L0 - 1) <= PROBE_TOL]
+    if not found:
+        return []
+    p = max(1, cost["steps"] // PROBE_FRACTION)
+    return [f"Its probes are in `benchmarks/synthsaebench_progress.json`. Started from them (`--probes-from`), "
+            f"{', '.join(found)} begin at their drift probe, their last probe having ended within "
+            f"{PROBE_TOL:.0%} of the target: if every calibration does, the stream is {cost['steps'] + 2 * p:,} batches, "
+            f"{p:,} fewer than in the best case above."]
 
 
 def progress_lines(progress: dict[str, Any], cost: dict[str, Any]) -> list[str]:
@@ -245,7 +262,7 @@ def progress_lines(progress: dict[str, Any], cost: dict[str, Any]) -> list[str]:
     stop, lanes = progress["stopped"], progress["lanes"]
     full = [f"{m} {done:,} of {steps:,} steps" for m, (probe, done, steps) in lanes.items() if not probe]
     ended = {m: trials for m, trials in progress["probes"].items() if trials}
-    probes = ("; the calibration probes (" + f"{next(iter(ended.values()))[0]['steps']:,} steps each, target L0 25) "
+    probes = ("; the calibration probes (" + f"{next(iter(ended.values()))[0]['steps']:,} steps each, target L0 {TARGET_L0}) "
               "so far: " + "; ".join(f"{m} " + "; ".join(f"l1 {t['l1']:.3g} → L0 {t['l0']:.1f}" for t in trials)
                                       for m, trials in ended.items())) if ended else "; no calibration probe had ended"
     lines = [f"A run of the published budget (`{cost['environment']['command']}`) stopped at its time limit after "

@@ -22,6 +22,8 @@ when it is reached, no further batch is drawn; with ``--state`` everything is sa
 otherwise the full runs in progress are scored as they stand and flagged (``stopped_at_step``), calibrations not
 finished are listed with their probes, and everything is written (``synthsaebench.json`` / ``.md`` under ``--out``, as the other
 command writes them; a folder holding results is not replaced unless ``--overwrite``).
+``--probes-from`` hands each calibration the probes a stopped run finished (its ``synthsaebench_progress.json``), so
+that a new run goes on from there instead of running them again.
 """
 from __future__ import annotations
 
@@ -110,7 +112,7 @@ def train_and_score(sl: Any, model: Any, size: bench.Size, methods: list[str], e
     calibrated = [m for m in methods if recipes.method(bench.METHODS[m]).calibrated]
     starts = l1_starts(calibrated, x_cal, size, args)
     report = bench_report(model, size, methods, estimate, args)
-    side = SideBySide(model, size, methods, x_cal, starts, args)
+    side = SideBySide(model, size, methods, x_cal, starts, args, earlier_probes(args.probes_from, calibrated))
     state = Path(args.state) if args.state else None
     if state is not None and state.is_file():
         side.restore(state)
@@ -181,6 +183,19 @@ def l1_starts(calibrated: list[str], x_cal: torch.Tensor, size: bench.Size, args
     return {m: earlier.get(m, default) for m in calibrated}
 
 
+def earlier_probes(path: str | None, calibrated: list[str]) -> dict[str, list[dict[str, Any]]]:
+    """The probes a stopped run finished (its synthsaebench_progress.json), to start each calibration where that run
+    had got to; a run continuing from ``--state`` has them in its state already."""
+    if not path:
+        return {}
+    if not Path(path).is_file():
+        raise SystemExit(f"--probes-from {path}: no such file")
+    probes = json.loads(Path(path).read_text()).get("probes")
+    if not isinstance(probes, dict):
+        raise SystemExit(f"--probes-from {path}: no 'probes' in it (a synthsaebench_progress.json has them)")
+    return {m: trials for m, trials in probes.items() if m in calibrated}
+
+
 def bench_report(model: Any, size: bench.Size, methods: list[str], estimate: dict[str, Any], args: Any) -> dict[str, Any]:
     """synthsaebench.py's report header for a run of this command (same fields; the protocol says what differs)."""
     from synthsaebench_report import PUBLISHED_L0_25, PUBLISHED_PROTOCOL
@@ -229,6 +244,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help="with --estimate-only: build the model with fewer orthogonalisation steps (sampling and "
                              "steps cost the same; the 16k model's 100 steps take ~100 min on one CPU core)")
     parser.add_argument("--l1-from", default=None, help="an earlier synthsaebench.json whose l1 start the probes")
+    parser.add_argument("--probes-from", default=None,
+                        help="a synthsaebench_progress.json of an earlier run stopped with the same settings and "
+                             "--l1-from: its finished probes are not run again")
     parser.add_argument("--overwrite", action="store_true", help="replace results already in --out")
     parser.add_argument("--stop-at-batch", type=int, default=0,
                         help="if > 0: stop as --budget-s does once the stream has reached this many batches")

@@ -169,6 +169,26 @@ def test_shared_stream_trains_every_lane_once_per_batch_with_probes_and_prints_i
             {**t, "train_s": pytest.approx(t["train_s"], abs=1e9)} for t in r["calibration_trials"]]
     other = _shared(saelens_python, split, "--chunk", "128", "--state", str(state), "--overwrite")
     assert other.returncode != 0 and "other settings (chunk)" in other.stderr
+    # a fresh run told the probes the stopped run finished (--probes-from) runs only the rest of each calibration
+    progress_file = split / "synthsaebench_progress.json"
+    done = json.loads(progress_file.read_text())["probes"]
+    seeded = _shared(saelens_python, tmp_path / "seeded", "--chunk", "256", "--probes-from", str(progress_file))
+    assert seeded.returncode == 0, seeded.stderr[-3000:]
+    resumed = {r["method"]: r for r in json.loads((tmp_path / "seeded" / "synthsaebench.json").read_text())["records"]}
+    assert set(done) == {m for m, r in records.items() if r["l1_coeff"] is not None} and all(done.values())
+    for method, earlier in done.items():
+        trials, straight, n = resumed[method]["calibration_trials"], records[method]["calibration_trials"], len(done[method])
+        assert [(t["l1_coeff"], t["steps"], t["l0"]) for t in trials[:n]] == [(p["l1"], p["steps"], p["l0"]) for p in earlier]
+        assert all(t["earlier_run"] for t in trials[:n]) and not any(t.get("earlier_run") for t in trials[n:])
+        # it asks what the run straight through asked next, and its stream holds only the probes it ran itself
+        assert trials[n]["l1_coeff"] == pytest.approx(straight[n]["l1_coeff"], rel=1e-9), method
+        assert resumed[method]["started_at_batch"] == sum(t["steps"] for t in trials[n:])
+    wrong = json.loads(progress_file.read_text())
+    wrong["probes"]["aen"][0]["l1"] *= 1.5
+    (tmp_path / "wrong.json").write_text(json.dumps(wrong))
+    refused = _shared(saelens_python, tmp_path / "wrong", "--probes-from", str(tmp_path / "wrong.json"))
+    assert refused.returncode != 0 and "--probes-from: aen's probe 1 ran l1" in refused.stderr
+    assert not (tmp_path / "wrong" / "synthsaebench.json").exists()
 
 
 def test_shared_budget_stops_cleanly_and_writes_what_it_has(saelens_python, tmp_path):
@@ -209,3 +229,15 @@ def test_chunked_stream_slices_chunks_into_the_same_batches_every_time():
     assert len({tuple(x[0].tolist()) for x in xs}) == 5  # fresh samples in every batch
     with pytest.raises(ValueError, match="multiple of --batch-size"):
         lanes.ChunkedStream(_FakeModel(), seed=3, chunk=6, batch_size=4)
+
+
+def test_report_counts_the_batches_a_run_started_from_finished_probes_saves():
+    import synthsaebench_report as report
+
+    progress = {"probes": {"relu_l1": [{"l1": 4.0, "steps": 100, "l0": 14.9}, {"l1": 3.0, "steps": 100, "l0": 24.4}],
+                           "aen": [{"l1": 1.0, "steps": 100, "l0": 18.6}], "elastic_net": []}}
+    line, = report.resumed_lines(progress, {"steps": 800})
+    # only relu_l1's last probe is within 8 % of L0 25; a run of 800 steps has probes of 100 and a drift probe of 200
+    assert "relu_l1 begin at their drift probe" in line and "aen" not in line
+    assert "the stream is 1,000 batches, 100 fewer than in the best case" in line
+    assert report.resumed_lines({"probes": {"aen": [{"l1": 1.0, "steps": 100, "l0": 18.6}]}}, {"steps": 800}) == []
