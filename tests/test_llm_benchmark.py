@@ -183,3 +183,17 @@ def test_committed_report_is_what_the_writer_makes_of_the_committed_results(tmp_
     assert write_markdown(tmp_path / "llm.json").read_text() == (ROOT / "benchmarks" / "llm.md").read_text()
     md = (ROOT / "benchmarks" / "llm.md").read_text()
     assert "| AEN | 18432 | 32 | 0 |" in md and "**no**" in md  # the missed AEN runs are flagged
+    assert "- aen:32:2:18432 (planned" in md.split("## Not run")[1]  # the last call's cut, never run, is listed
+    assert "own norm" in md  # the header says which splice the numbers come from
+
+
+def test_not_run_lists_the_cuts_no_later_call_made():
+    from aen_mini.experiments.llm_report import _not_run
+
+    rows = [{"method": "aen", "target_l0": 32, "seed": 0, "d_sae": 64}]
+    meta = {"not_run": ["topk:32:0:64"], "cut": ["relu_l1:32:1:64 (planned 9 s; 2 s left)"],
+            "earlier_calls": [{"cut": ["aen:32:0:64 (planned 9 s; 1 s left)"]}]}
+    lines = _not_run(meta, rows)
+    assert "- topk:32:0:64" in lines and any(line.startswith("- relu_l1:32:1:64 (planned") for line in lines)
+    assert not any("aen:32:0:64" in line for line in lines)  # cut by an earlier call, made by a later one
+    assert _not_run({"not_run": [], "cut": []}, rows)[-1] == "- nothing"

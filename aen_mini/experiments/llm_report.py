@@ -47,10 +47,14 @@ def _table(rows: list[dict[str, Any]], within: str, dead: str) -> list[str]:
             f"{rows[0]['ce_mean']:.3f}.", "", markdown_table(header, cells)]
 
 
-def _not_run(meta: dict[str, Any]) -> list[str]:
-    """The study's planned runs that no call made (each call's own cuts, with its budget, are in its metadata)."""
-    return (["", "## Not run (did not fit the device-time budget)", ""]
-            + ([f"- {key}" for key in meta["not_run"]] or ["- nothing"]))
+def _not_run(meta: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
+    """The study's planned runs that no call made, then the runs a call was asked for (``--jobs``) and cut for want of
+    budget that no later call made (a cut's key is its first word, ``METHOD:TARGET:SEED:LATENTS``)."""
+    made = {f"{r['method']}:{r['target_l0']}:{r['seed']}:{r['d_sae']}" for r in rows}
+    cut = [c for call in [*meta.get("earlier_calls", []), meta] for c in call.get("cut") or []
+           if c.split(" ", 1)[0] not in made]
+    lines = [f"- {key}" for key in meta["not_run"]] + [f"- {c}: asked for by a call, cut by its budget, not run by a later call" for c in cut]
+    return ["", "## Not run (did not fit the device-time budget)", ""] + (lines or ["- nothing"])
 
 
 def _calibration(rows: list[dict[str, Any]]) -> list[str]:
@@ -117,11 +121,13 @@ def markdown(result: dict[str, Any], speed: dict[str, Any] | None = None) -> str
                     f"{meta['harvest_tokens']:,} distinct training tokens: "
                     f"{meta['steps'] * meta['batch_size'] / meta['harvest_tokens']:.1f} passes. Dead %, L0 and EV over "
                     f"the {meta['heldout_tokens']:,} held-out tokens (never trained on); spliced numbers over "
-                    f"{meta.get('splice_positions') or 0:,} held-out positions. Trainer: {meta['trainer']}. Same init, "
+                    f"{meta.get('splice_positions') or 0:,} held-out positions, each token's reconstruction multiplied back by "
+                    "that token's own norm (per-token rescaling: the splice restores every norm exactly, which flatters "
+                    f"the SAE next to one dataset-wide scale). Trainer: {meta['trainer']}. Same init, "
                     "schedule and options for every method (`aen_mini/experiments/llm_study.py`).")
     for d in sorted({r["d_sae"] for r in rows}):
         lines += [f"## {d} latents", ""] + _table([r for r in rows if r["d_sae"] == d], "within tolerance", ".2f") + [""]
-    lines += _calibration(rows) + _speed(meta, rows, speed) + _not_run(meta)
+    lines += _calibration(rows) + _speed(meta, rows, speed) + _not_run(meta, rows)
     return "\n".join(lines) + "\n"
 
 
