@@ -21,11 +21,12 @@ from typing import Any
 import torch
 
 from aen_mini.experiments.replication import SIZES, Cell, ours_protocol
-from aen_mini.experiments.replication_grids import cell_hyper, protocol_sae, score_grid
+from aen_mini.experiments.replication_grids import (cell_hyper, controlled_streams, grid_config, protocol_sae,
+                                                    score_grid)
 from aen_mini.experiments.replication_run import replication_metadata
 from aen_mini.experiments.report import markdown_table
 from aen_mini.io.atomic import atomic_write_text
-from aen_mini.train.grid import GridConfig, GridRun, SpikedStreams, train_grid
+from aen_mini.train.grid import GridRun, SpikedStreams, train_grid
 
 __all__ = ["PooledBatches", "SWEEP_POOL", "SHORT_WINDOW", "file_l1s", "main", "report_markdown", "run"]
 
@@ -62,11 +63,9 @@ def run(l1s: dict[str, list[float]], seeds: list[int], size_name: str = "full", 
     size = SIZES[size_name]
     protocol = ours_protocol(size)
     cell = Cell("relu_l1", "relu_l1")
-    # The controlled study's streams for this rho (replication_grids.run_controlled): same dictionaries and draws
-    streams = SpikedStreams(size.n, size.m, size.k, [(rho, s) for s in seeds], device=device, seed=int(rho * 1000))
+    streams = controlled_streams(size, rho, seeds, device)
     jobs = [(name, i, seed, l1) for name, values in l1s.items() for i, (seed, l1) in enumerate(zip(seeds, values))]
-    cfg = GridConfig(steps=protocol.steps, batch_size=protocol.batch_size, lr=protocol.lr,
-                     lr_decay_start=protocol.lr_decay_start, grad_clip=protocol.grad_clip, device=device)
+    cfg = grid_config(protocol, device)
     records = []
     for data_name, data in (("fresh", streams), ("pool", PooledBatches(streams, pool))):
         runs = [GridRun(protocol_sae("relu_l1", size, protocol, seed, cell_hyper(cell, protocol, l1)), stream=i,

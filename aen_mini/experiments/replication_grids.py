@@ -18,7 +18,7 @@ from aen_mini.experiments.replication import (AUTHORS_GRID, AUTHORS_GRID_NARROW,
                                               L1_GUESS, PROTOCOLS, Protocol, REL_TOL, Size, TARGET_L0,
                                               ours_protocol)
 
-__all__ = ["cell_hyper", "held_out_l0", "interpolate_l1", "protocol_sae", "run_authors", "run_controlled", "score_grid",
+__all__ = ["cell_hyper", "controlled_streams", "grid_config", "held_out_l0", "interpolate_l1", "protocol_sae", "run_authors", "run_controlled", "score_grid",
            "speed_benchmark"]
 
 
@@ -106,7 +106,7 @@ def held_out_l0(trainer: GridTrainer, streams: SpikedStreams, size: Size) -> lis
     return (_encode_all(trainer, x) > 0).float().sum(-1).mean(-1).tolist()
 
 
-def _grid_config(protocol: Protocol, device: str, log_every: int = 0) -> GridConfig:
+def grid_config(protocol: Protocol, device: str, log_every: int = 0) -> GridConfig:
     return GridConfig(steps=protocol.steps, batch_size=protocol.batch_size, lr=protocol.lr,
                       lr_decay_start=protocol.lr_decay_start, grad_clip=protocol.grad_clip, device=device,
                       log_every=log_every)
@@ -156,7 +156,7 @@ def run_authors(rhos: list[float], seeds: list[int], size: Size, device: str, wo
                     hyper = hyper if method != "topk" else {}
                     runs.append(GridRun(protocol_sae(method, size, protocol, seed, hyper), stream=s, init=init))
                     meta.append((method, rho, seed, hyper))
-        _, trainer = train_grid(runs, streams, _grid_config(protocol, device, max(1, protocol.steps // 50)), progress)
+        _, trainer = train_grid(runs, streams, grid_config(protocol, device, max(1, protocol.steps // 50)), progress)
         l0s = held_out_l0(trainer, streams, size)
         chosen: dict[tuple, int] = {}
         for i, (method, rho, seed, _hyper) in enumerate(meta):
@@ -199,8 +199,16 @@ def _controlled_job(jobs: list[tuple[Cell, float, int, float]], rho_streams: Spi
     runs = [GridRun(protocol_sae(cell.variant, size, protocol, seed, cell_hyper(cell, protocol, l1)),
                     stream=stream_of[(rho, seed)], init=cell.init,
                     l1_warmup_steps=int(recipes.L1_WARMUP_FRAC * protocol.steps) if cell.l1_warmup else 0) for cell, rho, seed, l1 in jobs]
-    _, trainer = train_grid(runs, rho_streams, _grid_config(protocol, device, max(1, protocol.steps // 30)), progress)
+    _, trainer = train_grid(runs, rho_streams, grid_config(protocol, device, max(1, protocol.steps // 30)), progress)
     return trainer
+
+
+def controlled_streams(size: Size, rho: float, seeds: list[int], device: str = "cpu",
+                       centre: bool = False) -> SpikedStreams:
+    """The controlled study's data at ``rho``: one stream per seed, drawn from a generator fixed by rho and centring,
+    so that a later study (resampling, the dead-window check) trains on the same dictionaries and batches."""
+    return SpikedStreams(size.n, size.m, size.k, [(rho, seed) for seed in seeds], centre=centre, device=device,
+                         seed=int(rho * 1000) + 7 * centre)
 
 
 def interpolate_l1(trials: list[dict], target: float) -> float:
@@ -224,8 +232,7 @@ def run_controlled(cells: list[Cell], rhos: list[float], seeds: list[int], size:
     for centre in sorted({c.centre for c in cells}):
         for rho in rhos:
             pairs = [(rho, seed) for seed in seeds]
-            streams = SpikedStreams(size.n, size.m, size.k, pairs, centre=centre, device=device,
-                                    seed=int(rho * 1000) + 7 * centre)
+            streams = controlled_streams(size, rho, seeds, device, centre)
             stream_of = {pair: i for i, pair in enumerate(pairs)}
             group = [c for c in cells if c.centre == centre]
             calibrated = [c for c in group if c.calibrated]
@@ -279,7 +286,7 @@ def speed_benchmark(size: Size, device: str, steps: int,
         streams = SpikedStreams(size.n, size.m, size.k, [(0.9, 0)], device=device, seed=0)
         runs = [GridRun(protocol_sae("aen", size, protocol, i, {"l1_coeff": 0.005, "l2_coeff": 0.001}), init="authors")
                 for i in range(g)]
-        cfg = replace(_grid_config(protocol, device), steps_per_graph=per_graph)
+        cfg = replace(grid_config(protocol, device), steps_per_graph=per_graph)
         t_setup = time.perf_counter()
         trainer = GridTrainer(runs, streams, cfg)
         if device.startswith("cuda"):

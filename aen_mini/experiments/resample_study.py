@@ -27,10 +27,10 @@ from tqdm.auto import tqdm
 
 from aen_mini.io.atomic import atomic_write_text
 from aen_mini.data.synthetic import SpikedSource
-from aen_mini.train.grid import SpikedStreams
 from aen_mini.experiments.replication import (CALIBRATION_POINTS, L1_GUESS, REL_TOL, SIZES, TARGET_L0, Cell,
                                               Protocol, Size, dumps, ours_protocol, summarise)
-from aen_mini.experiments.replication_grids import cell_hyper, held_out_l0, interpolate_l1, protocol_sae, score_grid
+from aen_mini.experiments.replication_grids import (cell_hyper, controlled_streams, held_out_l0, interpolate_l1,
+                                                    protocol_sae, score_grid)
 from aen_mini.experiments.replication_report import fmt_summary
 from aen_mini.experiments.replication_run import replication_metadata
 from aen_mini.sae import SAE
@@ -102,8 +102,7 @@ def run_resample_study(cells: list[ResampleCell], rhos: list[float], seeds: list
     bar = tqdm(total=total, disable=not progress, unit="SAE")
     records = []
     for rho in rhos:
-        pairs = [(rho, seed) for seed in seeds]
-        streams = SpikedStreams(size.n, size.m, size.k, pairs, seed=int(rho * 1000))  # as run_controlled's
+        streams = controlled_streams(size, rho, seeds)
         l1_star: dict[ResampleCell, tuple[float, list[dict]]] = {}
         for rc in calibrated:
             guess = L1_GUESS[rc.cell.variant].get(rho, 1.0) * size.l1_scale
