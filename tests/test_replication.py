@@ -252,3 +252,26 @@ def test_every_committed_controlled_cell_counts_dead_over_262144_held_out_sample
         scored = [r for r in records if r["protocol"] == "ours" or name == "replication.json"]  # CPU scale: every part
         assert scored and min(r["dead_window_samples"] for r in scored) >= 262_144, name
         assert meta["sizes"]["dead_window"] >= 262_144, name
+
+
+def test_refinement_places_points_inside_the_bracket_and_stops_near_the_target():
+    # the committed miss: L0 22.1 at l1 1.202 and 1.9 at 2.404 (ReLU + L1, our init, rho 0)
+    trials = [{"l1_coeff": 0.601, "l0": 32.3}, {"l1_coeff": 1.202, "l0": 22.1}, {"l1_coeff": 2.404, "l0": 1.9}]
+    points = RG.refine_l1(trials, 16.0, points=3)
+    assert points == pytest.approx([1.202 * 2 ** 0.25, 1.202 * 2 ** 0.5, 1.202 * 2 ** 0.75])
+    assert RG.refine_l1(trials + [{"l1_coeff": 1.5, "l0": 16.5}], 16.0) == []  # within REL_TOL / 2: done
+    assert RG.refine_l1([{"l1_coeff": 1.0, "l0": 40.0}, {"l1_coeff": 2.0, "l0": 30.0}], 16.0) == []  # no bracket
+
+
+def test_calibration_rounds_narrow_the_bracket_and_hit_the_target(monkeypatch):
+    # a stand-in held-out L0 of 12 / l1 (target 3 at tiny size: l1 = 4, which the first grid does not contain)
+    monkeypatch.setattr(RG, "held_out_l0", lambda trainer, streams, size: [12.0 / r.sae.l1_coeff for r in trainer.runs])
+    size = replace(TINY, ours_batch=64, ours_steps=20)
+    records = RG.run_controlled([R.Cell("relu_l1", "relu_l1")], [0.5], [0], size, "cpu", refine_rounds=1)
+    trials = records[0]["calibration_trials"]
+    first = sorted(t["l1_coeff"] for t in trials if t["round"] == 0)
+    later = sorted(t["l1_coeff"] for t in trials if t["round"] == 1)
+    assert len(first) == R.CALIBRATION_POINTS and len(later) == R.REFINE_POINTS
+    lo, hi = max(v for v in first if v < 4.0), min(v for v in first if v > 4.0)  # the first grid's bracket
+    assert lo < later[0] and later[-1] < hi and later[-1] / later[0] == pytest.approx((hi / lo) ** 0.5)
+    assert records[0]["refine_rounds"] == 1 and records[0]["l1_coeff"] == pytest.approx(4.0)

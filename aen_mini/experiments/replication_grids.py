@@ -15,10 +15,12 @@ from aen_mini.eval.metrics import explained_variance, support_scores
 from aen_mini.experiments import recipes
 from aen_mini.sae import make_sae
 from aen_mini.experiments.replication import (AUTHORS_GRID, AUTHORS_GRID_NARROW, CALIBRATION_POINTS, Cell, DENSITY_BINS,
-                                              L1_GUESS, PROTOCOLS, Protocol, REL_TOL, Size, TARGET_L0,
+                                              L1_GUESS, PROTOCOLS, Protocol, REFINE_POINTS, REFINE_ROUNDS, REL_TOL, Size,
+                                              TARGET_L0,
                                               ours_protocol)
 
-__all__ = ["cell_hyper", "controlled_streams", "grid_config", "held_out_l0", "interpolate_l1", "protocol_sae", "run_authors", "run_controlled", "score_grid",
+__all__ = ["cell_hyper", "controlled_streams", "grid_config", "held_out_l0", "interpolate_l1", "protocol_sae",
+           "refine_l1", "run_authors", "run_controlled", "score_grid",
            "speed_benchmark"]
 
 
@@ -211,21 +213,43 @@ def controlled_streams(size: Size, rho: float, seeds: list[int], device: str = "
                          seed=int(rho * 1000) + 7 * centre)
 
 
-def interpolate_l1(trials: list[dict], target: float) -> float:
-    """The l1 whose L0 is the target, by log-log interpolation between the trials that bracket it (the closest
-    trial's l1 when none do)."""
+def _bracket(trials: list[dict], target: float) -> tuple[dict, dict] | None:
+    """The first pair of neighbouring trials (by l1) whose L0 straddles the target, both L0 positive and distinct."""
     trials = sorted(trials, key=lambda t: t["l1_coeff"])
     for a, b in zip(trials, trials[1:]):
         if a["l0"] >= target >= b["l0"] and a["l0"] > 0 and b["l0"] > 0 and a["l0"] != b["l0"]:
-            t = math.log(a["l0"] / target) / math.log(a["l0"] / b["l0"])
-            return math.exp(math.log(a["l1_coeff"]) + t * (math.log(b["l1_coeff"]) - math.log(a["l1_coeff"])))
-    return min(trials, key=lambda t: abs(math.log(max(t["l0"], 1e-3) / target)))["l1_coeff"]
+            return a, b
+    return None
+
+
+def interpolate_l1(trials: list[dict], target: float) -> float:
+    """The l1 whose L0 is the target, by log-log interpolation between the trials that bracket it (the closest
+    trial's l1 when none do)."""
+    pair = _bracket(trials, target)
+    if pair is None:
+        return min(trials, key=lambda t: abs(math.log(max(t["l0"], 1e-3) / target)))["l1_coeff"]
+    a, b = pair
+    t = math.log(a["l0"] / target) / math.log(a["l0"] / b["l0"])
+    return math.exp(math.log(a["l1_coeff"]) + t * (math.log(b["l1_coeff"]) - math.log(a["l1_coeff"])))
+
+
+def refine_l1(trials: list[dict], target: float, points: int = REFINE_POINTS) -> list[float]:
+    """The next l1 values to try: ``points`` values spaced evenly in log l1 inside the bracket of the target; none
+    when a trial is already within REL_TOL / 2 of the target or nothing brackets it. Near the target the L0 of
+    ReLU + L1 can fall from 22 to 2 over a factor 2 of l1 (latents starve), where one log-log interpolation
+    between grid points a factor 2 apart misses by 30 %; each round narrows the bracket by ``points + 1``."""
+    pair = _bracket(trials, target)
+    if pair is None or any(abs(t["l0"] / target - 1) <= REL_TOL / 2 for t in trials):
+        return []
+    lo, hi = math.log(pair[0]["l1_coeff"]), math.log(pair[1]["l1_coeff"])
+    return [math.exp(lo + (hi - lo) * (i + 1) / (points + 1)) for i in range(points)]
 
 
 def run_controlled(cells: list[Cell], rhos: list[float], seeds: list[int], size: Size, device: str, workers: int = 1,
-                   progress: bool = False) -> list[dict]:
-    """Per rho: calibrate every calibrated cell on seed 0 (CALIBRATION_POINTS l1 values, one batched job), then
-    train every cell on every seed at the interpolated l1 (one job for the ReLU family, one for TopK)."""
+                   progress: bool = False, refine_rounds: int = REFINE_ROUNDS) -> list[dict]:
+    """Per rho: calibrate every calibrated cell on seed 0 (CALIBRATION_POINTS l1 values, one batched job, then up to
+    ``refine_rounds`` jobs of ``refine_l1`` points inside the bracket), then train every cell on every seed at the
+    interpolated l1 (one job for the ReLU family, one for TopK)."""
     protocol = ours_protocol(size)
     target = TARGET_L0 * size.k / 16
     records = []
@@ -244,11 +268,16 @@ def run_controlled(cells: list[Cell], rhos: list[float], seeds: list[int], size:
                     guess *= size.l1_scale
                     grid = [guess * 2 ** (e - (CALIBRATION_POINTS - 1) / 2) for e in range(CALIBRATION_POINTS)]
                     jobs += [(cell, rho, seeds[0], l1) for l1 in grid]
-                trainer = _controlled_job(jobs, streams, stream_of, protocol, size, device, progress)
-                l0s = held_out_l0(trainer, streams, size)
+                trials: dict[Cell, list[dict]] = {cell: [] for cell in calibrated}
+                for round_ in range(1 + refine_rounds):
+                    if not jobs:
+                        break
+                    trainer = _controlled_job(jobs, streams, stream_of, protocol, size, device, progress)
+                    for (cell, _, _, l1), l0 in zip(jobs, held_out_l0(trainer, streams, size)):
+                        trials[cell].append({"l1_coeff": l1, "l0": l0, "round": round_})
+                    jobs = [(cell, rho, seeds[0], l1) for cell in calibrated for l1 in refine_l1(trials[cell], target)]
                 for cell in calibrated:
-                    trials = [{"l1_coeff": l1, "l0": l0s[i]} for i, (c, _, _, l1) in enumerate(jobs) if c == cell]
-                    l1_star[cell] = (interpolate_l1(trials, target), trials)
+                    l1_star[cell] = (interpolate_l1(trials[cell], target), trials[cell])
             for family in ([c for c in group if c.calibrated], [c for c in group if not c.calibrated]):
                 if not family:
                     continue
@@ -267,6 +296,7 @@ def run_controlled(cells: list[Cell], rhos: list[float], seeds: list[int], size:
                         "target_l0": target, "l1_coeff": l1 if cell.calibrated else None,
                         "l1_coeff_authors_scale": l1 / size.n if cell.calibrated else None,
                         "calibration_trials": l1_star.get(cell, (0.0, []))[1],
+                        "refine_rounds": refine_rounds if cell.calibrated else None,
                         **score, "calibration_converged": abs(score["l0"] / target - 1) <= REL_TOL,
                         "history": _history_of(trainer, i), "graph": trainer.graph is not None})
     return records

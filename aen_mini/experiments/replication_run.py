@@ -14,8 +14,9 @@ import torch
 
 from aen_mini.io.atomic import atomic_write_text
 from aen_mini.experiments.replication import (AUTHORS_GRID_GAMMA1, AUTHORS_GRID_NARROW, CENTRED_CELLS,
-                                              CENTRED_WARMUP_CELLS, COLLAPSE_CELLS, CONTROLLED_CELLS, PROTOCOLS, SIZES,
-                                              Size, TARGET_L0, _write, csv_pick_grids, load_results)
+                                              CENTRED_WARMUP_CELLS, COLLAPSE_CELLS, CONTROLLED_CELLS, PROTOCOLS,
+                                              REFINE_ROUNDS, SIZES, Size, TARGET_L0, _write, csv_pick_grids,
+                                              load_results)
 from aen_mini.experiments.report import provenance
 from aen_mini.experiments.replication_report import centring_table, report_markdown
 from aen_mini.experiments.replication_grids import run_authors, run_controlled, speed_benchmark
@@ -46,6 +47,11 @@ def main(argv: list[str] | None = None, default_out: str = "benchmarks", prog: s
     parser.add_argument("--rhos", nargs="+", type=float, default=[0.0, 0.9, 0.5, 0.3, 0.7])
     parser.add_argument("--part-rhos", nargs="+", default=[], metavar="PART=RHO,RHO",
                         help="rhos of one controlled part instead of --rhos, e.g. collapse=0 centred=0.9,0,0.5")
+    parser.add_argument("--cells", nargs="+", default=None, metavar="METHOD",
+                        help="controlled parts: only the cells of these methods (e.g. relu_l1 elastic_net), both inits")
+    parser.add_argument("--refine-rounds", type=int, default=REFINE_ROUNDS,
+                        help="controlled parts: calibration rounds inside the bracket after the first grid "
+                             "(files written before this option: 0)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--authors-rhos", nargs="+", type=float, default=[0.0, 0.9])
     parser.add_argument("--authors-grid", choices=["full", "gamma1"], default="full",
@@ -64,6 +70,11 @@ def main(argv: list[str] | None = None, default_out: str = "benchmarks", prog: s
                              "benchmarks/paper_spiked_csv.json (their CSV, with every run read)")
     args = parser.parse_args(argv)
     args.part_rhos = _part_rhos(parser, args.part_rhos)
+    known = sorted({c.method for c in CONTROLLED_CELLS + CENTRED_CELLS + CENTRED_WARMUP_CELLS + COLLAPSE_CELLS})
+    if args.cells and not set(args.cells) <= set(known):
+        parser.error(f"--cells: unknown {sorted(set(args.cells) - set(known))}; known: {', '.join(known)}")
+    if args.refine_rounds < 0:
+        parser.error(f"--refine-rounds must be >= 0, got {args.refine_rounds}")
     out = Path(args.out)
     paper = json.loads(Path(args.paper).read_text()) if args.paper else None
     if args.report_only:  # <out>/<name of the JSON>.md, then the hand-written notes if any
@@ -165,12 +176,16 @@ def _run_part(part: str, args: argparse.Namespace, size: Size, metadata: dict, t
     elif part in ("ours", "centred", "centred_warmup", "collapse"):
         cells = {"ours": CONTROLLED_CELLS, "centred": CENTRED_CELLS, "centred_warmup": CENTRED_WARMUP_CELLS,
                  "collapse": COLLAPSE_CELLS}[part]
+        cells = [c for c in cells if args.cells is None or c.method in args.cells]
+        if not cells:
+            raise ValueError(f"--cells {args.cells} selects no cell of part {part!r}")
         for rho in args.part_rhos.get(part, args.rhos):
             if time.perf_counter() - t0 > args.budget_s:
                 print(f"skipped {part} rho={rho}: past the time budget", flush=True)
                 continue
             t = time.perf_counter()
-            records += run_controlled(cells, [rho], args.seeds, size, args.device, args.workers, args.progress)
+            records += run_controlled(cells, [rho], args.seeds, size, args.device, args.workers, args.progress,
+                                      args.refine_rounds)
             done.append(f"{part}:rho={rho}")
             print(f"{part} rho={rho}: {time.perf_counter() - t:.1f} s", flush=True)
             _write(out, records, {**metadata, "parts_done": done}, complete=False)
