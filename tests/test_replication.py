@@ -275,3 +275,12 @@ def test_calibration_rounds_narrow_the_bracket_and_hit_the_target(monkeypatch):
     lo, hi = max(v for v in first if v < 4.0), min(v for v in first if v > 4.0)  # the first grid's bracket
     assert lo < later[0] and later[-1] < hi and later[-1] / later[0] == pytest.approx((hi / lo) ** 0.5)
     assert records[0]["refine_rounds"] == 1 and records[0]["l1_coeff"] == pytest.approx(4.0)
+
+
+def test_a_rerun_supersedes_whole_cells_and_keeps_the_others():
+    cell = {"protocol": "ours", "method": "relu_l1", "init": "ours", "centred": False, "rho": 0.0}
+    older = [{**cell, "seed": s, "l0": 21.0} for s in range(3)] + [{**cell, "method": "topk", "seed": 0, "l0": 16.0}]
+    newer = [{**cell, "seed": 0, "l0": 16.0}]
+    merged = R.supersede(older, newer)
+    assert [(r["method"], r["seed"], r["l0"]) for r in merged] == [("topk", 0, 16.0), ("relu_l1", 0, 16.0)]
+    assert R.supersede(older, []) == older

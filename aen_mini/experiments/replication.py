@@ -29,10 +29,10 @@ from aen_mini.experiments import recipes
 from aen_mini.io.atomic import atomic_write_text
 
 __all__ = ["AUTHORS_CSV_GRID", "AUTHORS_GRID", "AUTHORS_GRID_GAMMA1", "AUTHORS_GRID_NARROW", "CALIBRATION_POINTS", "CENTRED_CELLS",
-           "CENTRED_WARMUP_CELLS", "COLLAPSE_CELLS", "CONTROLLED_CELLS", "Cell", "DENSITY_BINS", "L1_GUESS",
+           "CELL_KEYS", "CENTRED_WARMUP_CELLS", "COLLAPSE_CELLS", "CONTROLLED_CELLS", "Cell", "DENSITY_BINS", "L1_GUESS",
            "NAMED_COEFFS", "PROTOCOLS", "Protocol", "REFINE_POINTS", "REFINE_ROUNDS", "REL_TOL", "SIZES", "Size", "Summary", "TARGET_L0",
            "authors_csv_point", "authors_csv_selection", "csv_pick_grids", "dumps", "load_results", "ours_protocol", "summarise",
-           "summary_table", "training_window_dead"]
+           "summary_table", "supersede", "training_window_dead"]
 
 
 TARGET_L0 = 16.0
@@ -258,6 +258,17 @@ REFINE_POINTS = 3
 def load_results(path: str | Path) -> tuple[list[dict], dict]:
     data = json.loads(Path(path).read_text())
     return data["records"], data["metadata"]
+
+
+CELL_KEYS = ("protocol", "method", "init", "centred", "rho")
+
+
+def supersede(older: list[dict], newer: list[dict]) -> list[dict]:
+    """The records of ``older`` whose cell (CELL_KEYS) ``newer`` does not hold, then ``newer``: a rerun of some cells
+    (e.g. benchmarks/replication_full_recal.json, the calibration refined) replaces those cells whole, seeds and all,
+    and the other cells stand."""
+    rerun = {tuple(r[k] for k in CELL_KEYS) for r in newer}
+    return [r for r in older if tuple(r[k] for k in CELL_KEYS) not in rerun] + list(newer)
 
 
 def summary_table(records: list[dict]) -> dict[str, dict[str, Any]]:
