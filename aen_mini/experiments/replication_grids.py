@@ -19,7 +19,7 @@ from aen_mini.experiments.replication import (AUTHORS_GRID, AUTHORS_GRID_NARROW,
                                               TARGET_L0,
                                               ours_protocol)
 
-__all__ = ["cell_hyper", "controlled_streams", "grid_config", "held_out_l0", "interpolate_l1", "protocol_sae",
+__all__ = ["cell_hyper", "controlled_streams", "first_grid", "grid_config", "held_out_l0", "interpolate_l1", "protocol_sae",
            "refine_l1", "run_authors", "run_controlled", "score_grid",
            "speed_benchmark"]
 
@@ -233,6 +233,12 @@ def interpolate_l1(trials: list[dict], target: float) -> float:
     return math.exp(math.log(a["l1_coeff"]) + t * (math.log(b["l1_coeff"]) - math.log(a["l1_coeff"])))
 
 
+def first_grid(variant: str, rho: float, size: Size) -> list[float]:
+    """The calibration's first l1 values: CALIBRATION_POINTS values a factor 2 apart around L1_GUESS."""
+    guess = L1_GUESS[variant if variant in L1_GUESS else "relu_l1"].get(rho, 1.0) * size.l1_scale
+    return [guess * 2 ** (e - (CALIBRATION_POINTS - 1) / 2) for e in range(CALIBRATION_POINTS)]
+
+
 def refine_l1(trials: list[dict], target: float, points: int = REFINE_POINTS) -> list[float]:
     """The next l1 values to try: ``points`` values spaced evenly in log l1 inside the bracket of the target; none
     when a trial is already within REL_TOL / 2 of the target or nothing brackets it. Near the target the L0 of
@@ -264,10 +270,7 @@ def run_controlled(cells: list[Cell], rhos: list[float], seeds: list[int], size:
             if calibrated:
                 jobs = []
                 for cell in calibrated:
-                    guess = L1_GUESS[cell.variant if cell.variant in L1_GUESS else "relu_l1"].get(rho, 1.0)
-                    guess *= size.l1_scale
-                    grid = [guess * 2 ** (e - (CALIBRATION_POINTS - 1) / 2) for e in range(CALIBRATION_POINTS)]
-                    jobs += [(cell, rho, seeds[0], l1) for l1 in grid]
+                    jobs += [(cell, rho, seeds[0], l1) for l1 in first_grid(cell.variant, rho, size)]
                 trials: dict[Cell, list[dict]] = {cell: [] for cell in calibrated}
                 for round_ in range(1 + refine_rounds):
                     if not jobs:

@@ -27,10 +27,10 @@ from tqdm.auto import tqdm
 
 from aen_mini.io.atomic import atomic_write_text
 from aen_mini.data.synthetic import SpikedSource
-from aen_mini.experiments.replication import (CALIBRATION_POINTS, L1_GUESS, REL_TOL, SIZES, TARGET_L0, Cell,
+from aen_mini.experiments.replication import (CALIBRATION_POINTS, REL_TOL, SIZES, TARGET_L0, Cell,
                                               Protocol, Size, dumps, ours_protocol, summarise)
-from aen_mini.experiments.replication_grids import (cell_hyper, controlled_streams, held_out_l0, interpolate_l1,
-                                                    protocol_sae, score_grid)
+from aen_mini.experiments.replication_grids import (cell_hyper, controlled_streams, first_grid, held_out_l0,
+                                                    interpolate_l1, protocol_sae, score_grid)
 from aen_mini.experiments.replication_report import fmt_summary
 from aen_mini.experiments.replication_run import replication_metadata
 from aen_mini.sae import SAE
@@ -105,8 +105,7 @@ def run_resample_study(cells: list[ResampleCell], rhos: list[float], seeds: list
         streams = controlled_streams(size, rho, seeds)
         l1_star: dict[ResampleCell, tuple[float, list[dict]]] = {}
         for rc in calibrated:
-            guess = L1_GUESS[rc.cell.variant].get(rho, 1.0) * size.l1_scale
-            grid = [guess * 2 ** (e - (CALIBRATION_POINTS - 1) / 2) for e in range(CALIBRATION_POINTS)]
+            grid = first_grid(rc.cell.variant, rho, size)  # no refinement rounds: one SAE at a time here
             saes = []
             for l1 in grid:
                 saes.append(_train_one(rc, rho, seeds[0], l1, size, protocol, every)[0])
