@@ -133,7 +133,11 @@ RELATED_REPORTS = [
     ("benchmarks/replication_authors_3seeds.md", "the authors' protocol at full size on one H200, every rho, 3 seeds "
      "(narrowed grid), next to their CSV"),
     ("benchmarks/replication_full_ours.md", "the controlled study at full size on one H200, rho 0 / 0.3 / 0.5 / 0.7, "
-     "3 seeds, with the five-rho results section (rho 0.9: replication_full_picks_ours.md)"),
+     "3 seeds, with the five-rho results section (rho 0.9: replication_full_picks_ours.md); its calibrated cells "
+     "are superseded by replication_full_recal.md"),
+    ("benchmarks/replication_full_recal.md", "the controlled study's calibrated cells at full size on one H200, every "
+     "rho, 3 seeds, rerun with the calibration refined inside the bracket of the target (supersedes those cells of "
+     "replication_full_ours.md and replication_full_picks_ours.md; TopK not rerun)"),
     ("benchmarks/replication_full_centred.md", "the centred cells at full size on one H200, every rho, with and "
      "without a linear l1 warm-up, 3 seeds, next to the same cells on uncentred data"),
     ("benchmarks/replication_full_picks_al.md", "the adaptive lasso under the authors' protocol at their picks, every "
@@ -141,8 +145,10 @@ RELATED_REPORTS = [
     ("benchmarks/replication_full_collapse.md", "AEN's rho = 0 collapse at full size: reference set, clip, EMA rate"),
     ("benchmarks/replication_full_picks_ours_init.md", "AEN under the authors' protocol at their picks, with our init"),
     ("benchmarks/replication_speed.md", "one SAE and many SAEs as one batched model on one H200 (50,000 steps in 11.9 s)"),
-    ("benchmarks/synthsaebench.md", "SAELens's SynthSAEBench-16k, our variants at L0 = 25 (0.39 % of the published "
-     "budget: an end-to-end check, not a benchmark score)"),
+    ("benchmarks/synthsaebench.md", "SAELens's SynthSAEBench-16k, our variants at L0 = 25 at the published budget "
+     "(200M samples per SAE, one seed against the published 5), scored by SAELens's own evaluation"),
+    ("benchmarks/synthsaebench_check.md", "SAELens's SynthSAEBench-16k, our variants at L0 = 25 at 0.39 % of the "
+     "published budget: an end-to-end check, not a benchmark score"),
 ]
 
 
