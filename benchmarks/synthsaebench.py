@@ -74,9 +74,9 @@ SIZES = {
 
 # name: the recipe each method trains with (aen_mini.experiments.recipes, shared with the synthetic sweep)
 METHODS: dict[str, str] = {"relu_l1": "relu_l1", "topk": "topk_auxk", "batch_topk": "batch_topk_auxk",
-                           "elastic_net": "elastic_net", "aen": "aen"}
-LABELS = {"relu_l1": "ReLU + L1", "topk": "TopK + AuxK", "batch_topk": "BatchTopK + AuxK",
-          "elastic_net": "Elastic net", "aen": "AEN"}
+                           "elastic_net": "elastic_net", "aen": "aen", "relu_l1_warmup": "relu_l1_warmup",
+                           "elastic_net_warmup": "elastic_net_warmup"}
+LABELS = {name: recipes.method(recipe).label for name, recipe in METHODS.items()}
 
 
 def model_config(sl: Any, size: Size) -> Any:
@@ -172,6 +172,7 @@ def train_one(method: str, size: Size, data: torch.Tensor | Any, l1_coeff: float
     sae = build_sae(method, size, l1_coeff, steps, args.batch_size, args.seed)
     cfg = TrainConfig(steps=steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device,
                       precision="bf16" if args.device.startswith("cuda") else "fp32",
+                      l1_warmup_steps=recipes.l1_warmup_steps(METHODS[method], steps),
                       log_every=max(1, steps // 10), progress=False)
     source = TensorSource(data, seed=args.seed) if isinstance(data, torch.Tensor) else SyntheticStream(data, args.seed)
     result = train(sae, source, cfg)

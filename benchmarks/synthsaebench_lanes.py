@@ -13,6 +13,7 @@ import torch
 
 import synthsaebench as bench
 from aen_mini.eval.probes import SLOPE, probe_calibration
+from aen_mini.experiments import recipes
 from aen_mini.train.config import TrainConfig
 from aen_mini.train.lanes import Lane
 
@@ -55,7 +56,8 @@ def make_lane(method: str, size: bench.Size, l1: float | None, steps: int, args:
     sae = bench.build_sae(method, size, l1 if l1 is not None else 0.0, steps, args.batch_size, args.seed)
     cuda = args.device.startswith("cuda")
     cfg = TrainConfig(steps=steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device,
-                      precision="bf16" if cuda else "fp32", fast=True, log_every=max(1, steps // 10), progress=False)
+                      precision="bf16" if cuda else "fp32", fast=True, log_every=max(1, steps // 10), progress=False,
+                      l1_warmup_steps=recipes.l1_warmup_steps(bench.METHODS[method], steps))
     return Lane(sae, cfg, state)
 
 

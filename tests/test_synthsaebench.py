@@ -20,7 +20,10 @@ import synthsaebench as bench  # noqa: E402
 import synthsaebench_lanes as lanes  # noqa: E402
 from test_saelens import _saelens_python  # noqa: E402
 
+from aen_mini.experiments import recipes  # noqa: E402
 from aen_mini.experiments.recipes import WARMUP_FRAC, WARMUP_START_FRAC  # noqa: E402
+
+DEFAULT_METHODS = bench.build_parser().get_default("methods")  # what a run trains unless told otherwise
 
 
 def test_view_hands_saelens_the_decoder_as_rows_and_our_map_unchanged():
@@ -42,6 +45,30 @@ def test_methods_get_the_sweep_settings_and_topk_the_target_l0():
     for method in ("topk", "batch_topk"):
         sae = bench.build_sae(method, size, 0.0, 400, 8, 0)
         assert sae.k == size.target_l0 and sae.dead_after_tokens == 8 * 20
+    # the warm-up controls: the same SAE as the plain penalty; the trainer ramps the penalty in over half the run
+    assert bench.build_sae("elastic_net_warmup", size, 0.5, 400, 8, 0).l2_coeff == 0.05
+    assert type(bench.build_sae("relu_l1_warmup", size, 0.5, 400, 8, 0)) is type(bench.build_sae("relu_l1", size, 0.5, 400, 8, 0))
+    assert [recipes.l1_warmup_steps(bench.METHODS[m], 400) for m in ("relu_l1_warmup", "elastic_net_warmup", "relu_l1", "aen")] \
+        == [200, 200, 0, 0]
+
+
+def test_a_warm_up_lane_ramps_its_penalty_in_linearly_and_ends_at_full_strength():
+    import argparse
+    args = argparse.Namespace(batch_size=8, lr=1e-3, seed=0, device="cpu")
+    size = bench.SIZES["tiny"]
+    lane = lanes.make_lane("relu_l1_warmup", size, 0.5, steps=6, args=args)
+    plain = lanes.make_lane("relu_l1", size, 0.5, steps=6, args=args)
+    assert lane.cfg.l1_warmup_steps == 3 and plain.cfg.l1_warmup_steps == 0
+    g = torch.Generator().manual_seed(0)
+    scales = []
+    for _ in range(6):
+        x = torch.randn(8, size.hidden_dim, generator=g)
+        lane.step(x)
+        plain.step(x)
+        scales.append((float(lane.sae.penalty_scale), float(plain.sae.penalty_scale)))
+    # (step + 1) / 3 during the warm-up, 1 after it; the plain lane is at 1 throughout
+    assert [a for a, _ in scales] == pytest.approx([1 / 3, 2 / 3, 1.0, 1.0, 1.0, 1.0])
+    assert all(b == 1.0 for _, b in scales)
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +105,7 @@ def test_tiny_benchmark_writes_every_method_with_calibration_and_the_published_t
     assert run.returncode == 0, run.stderr[-3000:]
     report = json.loads((tmp_path / "synthsaebench.json").read_text())
     records = {r["method"]: r for r in report["records"]}
-    assert set(records) == set(bench.METHODS)
+    assert set(records) == set(DEFAULT_METHODS)
     assert records["topk"]["l0"] == bench.SIZES["tiny"].target_l0  # TopK fixes L0 = k on every sample
     for method, r in records.items():
         assert 0 < r["mcc"] <= 1 and 0 <= r["f1"] <= 1 and 0 <= r["dead_pct"] <= 100, method
@@ -130,7 +157,7 @@ def test_shared_stream_trains_every_lane_once_per_batch_with_probes_and_prints_i
     assert run.stdout.index("cost estimate on this device") < run.stdout.index("probe ")  # printed before training
     report = json.loads((tmp_path / "synthsaebench.json").read_text())
     records = {r["method"]: r for r in report["records"]}
-    assert set(records) == set(bench.METHODS) and "stopped" not in report
+    assert set(records) == set(DEFAULT_METHODS) and "stopped" not in report
     batches = report["timing"]["stream_batches"]
     for method, r in records.items():
         assert r["steps"] == 160 and r["stopped_at_step"] is None and 0 < r["mcc"] <= 1, method
@@ -207,7 +234,7 @@ def test_estimate_only_writes_measured_costs_and_refuses_a_changed_model_for_res
     run = _shared(saelens_python, tmp_path, "--estimate-only", "--orthogonalization-steps", "0")
     assert run.returncode == 0, run.stderr[-3000:]
     cost = json.loads((tmp_path / "synthsaebench_cost.json").read_text())
-    assert set(cost["costs"]["step_s"]) == set(bench.METHODS) and all(v > 0 for v in cost["costs"]["step_s"].values())
+    assert set(cost["costs"]["step_s"]) == set(DEFAULT_METHODS) and all(v > 0 for v in cost["costs"]["step_s"].values())
     worst, best = cost["prediction"]["worst"], cost["prediction"]["best"]
     assert worst["total_s"] >= best["total_s"] > 0 and cost["orthogonalization_steps"] == 0
     assert not (tmp_path / "synthsaebench.json").exists()

@@ -13,7 +13,8 @@ from aen_mini.sae import SAE, make_sae
 from aen_mini.validate import check_choice
 
 __all__ = ["AUX_COEFF", "EMA_BETA", "GAMMA", "L1_WARMUP_FRAC", "L2_RATIO", "MAIN_METHODS", "METHODS", "REF_PCT", "WARMUP_FRAC",
-           "WARMUP_START_FRAC", "Method", "build_sae", "dead_after_tokens", "hyperparameters", "method"]
+           "WARMUP_START_FRAC", "Method", "build_sae", "dead_after_tokens", "hyperparameters", "l1_warmup_steps",
+           "method"]
 
 # Adaptive reweighting, following the authors: gamma = 1, top-1% reference, warm-up from 25% of training,
 # linear over the next 25%. beta = 0.99 rather than 0.999 because our runs are a few thousand steps, and an
@@ -39,6 +40,7 @@ class Method:
     adaptive: bool = False  # AdaptiveLasso / AEN: reweighting with the delayed warm-up above
     resample: bool = False  # dead-latent resampling by the trainer (Bricken et al.)
     aux: bool = True  # TopK-style methods: AuxK on (AUX_COEFF) or off
+    l1_warmup: bool = False  # the trainer ramps l1 (and l2) in linearly over the first L1_WARMUP_FRAC of training
 
     @property
     def calibrated(self) -> bool:
@@ -52,6 +54,9 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("topk_auxk", "topk", "TopK + AuxK"),
     Method("batch_topk_auxk", "batch_topk", "BatchTopK + AuxK"),
     Method("elastic_net", "elastic_net", "Elastic net", l2_ratio=L2_RATIO),
+    # The controls for AEN's implicit warm-up: the same penalties, ramped in by the trainer.
+    Method("relu_l1_warmup", "relu_l1", "ReLU + L1 + warm-up", l1_warmup=True),
+    Method("elastic_net_warmup", "elastic_net", "Elastic net + warm-up", l2_ratio=L2_RATIO, l1_warmup=True),
     Method("adaptive_lasso", "adaptive_lasso", "Adaptive lasso", adaptive=True),
     Method("aen", "aen", "AEN", l2_ratio=L2_RATIO, adaptive=True),
     # Supplementary: an L2 term as large as the L1 one, to see whether strong convexity changes starvation.
@@ -88,6 +93,12 @@ def hyperparameters(recipe: str | Method, l1_coeff: float | None, steps: int, k:
         hyper.update(gamma=GAMMA, ema_beta=EMA_BETA, ref_pct=REF_PCT, warmup_start=int(WARMUP_START_FRAC * steps),
                      warmup_steps=int(WARMUP_FRAC * steps))
     return hyper
+
+
+def l1_warmup_steps(recipe: str | Method, steps: int) -> int:
+    """The trainer's l1 warm-up (``TrainConfig.l1_warmup_steps``) for a run of ``steps`` steps: 0 unless the
+    method asks for one."""
+    return int(L1_WARMUP_FRAC * steps) if method(recipe).l1_warmup else 0
 
 
 def build_sae(recipe: str | Method, d_in: int, d_sae: int, l1_coeff: float | None, steps: int, k: int,
