@@ -67,7 +67,7 @@ def method_settings(method: str, l1: float | None, target: int, steps: int) -> d
     if method == "relu_l1":
         return {"sae": "relu_l1", "l1": l1}
     if method == "relu_l1_warmup":  # the trainer's option (TrainConfig.l1_warmup_steps), not the SAE's
-        return {"sae": "relu_l1", "l1": l1, "l1_warmup_steps": int(recipes.L1_WARMUP_FRAC * steps)}
+        return {"sae": "relu_l1", "l1": l1, "l1_warmup_steps": recipes.l1_warmup_steps("relu_l1_warmup", steps)}
     return {"sae": "aen", "l1": l1, "l2": AEN_SETTINGS["l2_ratio"] * l1, "gamma": AEN_SETTINGS["gamma"],
             "ema_beta": AEN_SETTINGS["ema_beta"], "ref_pct": AEN_SETTINGS["ref_pct"],
             "warmup_start": int(AEN_SETTINGS["warmup_start_frac"] * steps),
