@@ -21,8 +21,8 @@ from typing import Any
 import torch
 
 from aen_mini.experiments.replication import SIZES, Cell, ours_protocol
-from aen_mini.experiments.replication_grids import (cell_hyper, controlled_streams, grid_config, protocol_sae,
-                                                    score_grid)
+from aen_mini.experiments.replication_grids import (cell_hyper, controlled_streams, dead_pcts, grid_config,
+                                                    protocol_sae, score_grid)
 from aen_mini.experiments.replication_run import replication_metadata
 from aen_mini.experiments.report import markdown_table
 from aen_mini.io.atomic import atomic_write_text
@@ -73,13 +73,13 @@ def run(l1s: dict[str, list[float]], seeds: list[int], size_name: str = "full", 
         _, trainer = train_grid(runs, data, cfg, progress)
         which = list(range(len(jobs)))
         long = score_grid(trainer, streams, size, which, workers=1)
-        short = score_grid(trainer, streams, replace(size, dead_window=short_window), which, workers=1)
+        short = dead_pcts(trainer, streams, replace(size, dead_window=short_window))  # the short window's count only
         for (l1_name, _, seed, l1), a, b in zip(jobs, long, short):
             records.append({"method": "relu_l1", "init": "ours", "rho": rho, "seed": seed, "l1_from": l1_name,
                             "l1_coeff": l1, "data": data_name, "pool_samples": pool if data_name == "pool" else None,
                             "steps": protocol.steps, "batch_size": protocol.batch_size, "l0": a["l0"], "ev": a["ev"],
                             "support_f1": a["support_f1"], "dead_pct": a["dead_pct"],
-                            "dead_window_samples": a["dead_window_samples"], "dead_pct_short": b["dead_pct"],
+                            "dead_window_samples": a["dead_window_samples"], "dead_pct_short": b,
                             "short_window_samples": short_window, "firing_density": a["firing_density"]})
     return records
 

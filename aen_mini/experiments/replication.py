@@ -274,7 +274,7 @@ def supersede(older: list[dict], newer: list[dict]) -> list[dict]:
 def summary_table(records: list[dict]) -> dict[str, dict[str, Any]]:
     """Per cell "protocol|method|init|centred|rho": mean, min and max over seeds of dead %, L0, EV and support F1,
     the seeds, and whether every seed's calibration converged (the numbers the book quotes)."""
-    keys = ("protocol", "method", "init", "centred", "rho")
+    keys = CELL_KEYS
     out: dict[str, dict[str, Any]] = {}
     for key, dead in summarise(records, keys, "dead_pct").items():
         rs = [r for r in records if tuple(r[k] for k in keys) == key]

@@ -19,7 +19,7 @@ from aen_mini.experiments.replication import (AUTHORS_GRID, AUTHORS_GRID_NARROW,
                                               TARGET_L0,
                                               ours_protocol)
 
-__all__ = ["cell_hyper", "controlled_streams", "first_grid", "grid_config", "held_out_l0", "interpolate_l1", "protocol_sae",
+__all__ = ["cell_hyper", "controlled_streams", "dead_pcts", "first_grid", "grid_config", "held_out_l0", "interpolate_l1", "protocol_sae",
            "refine_l1", "run_authors", "run_controlled", "score_grid",
            "speed_benchmark"]
 
@@ -53,6 +53,11 @@ def _firing_counts(trainer: GridTrainer, streams: SpikedStreams, size: Size) -> 
         counts += (_encode_all(trainer, x) > 0).sum(1)
         done += n
     return counts
+
+
+def dead_pcts(trainer: GridTrainer, streams: SpikedStreams, size: Size) -> list[float]:
+    """Dead % of every model over ``size.dead_window`` held-out samples (score_grid's count, without the rest)."""
+    return (100.0 * (_firing_counts(trainer, streams, size) == 0).float().mean(-1)).tolist()
 
 
 def _density_hist(counts: torch.Tensor, window: int) -> dict[str, Any]:
